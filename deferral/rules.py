@@ -1,0 +1,289 @@
+"""Deferral rules: per position, turn the drafter's q and the target's p into the target distribution π.
+
+A speculative cascade accepts a drafted token x with min(1, π(x)/q(x)) and resamples a rejection
+from norm(max(0, π − q)) (see `inference.acceptance`). Every rule here only builds π:
+- mixture rules (Chow, Diff, OPT, the ends): π = (1 − δ)·q + δ·p with a per-position δ ∈ {0, 1};
+- token rules (TokenV1-3, learned): π(v) = q(v)·1[v ∈ A] + Q_rej·p(v), Q_rej = Σ_{u ∉ A} q(u),
+  where A is the set of tokens the rule would keep;
+- lossy speculative decoding: π(v) = max(min(q(v), p(v)/(1 − α)), p(v)/β), β normalising π.
+Formulas follow Narasimhan et al. (ICLR 2025), Eqs. 2, 5, 10, 13-15 and Lemma 2.
+
+Conventions (paper, App. C.1): q_sample/p_sample are temperature-scaled (one-hot at T = 0) and are
+what π mixes; confidence terms (max q, max p, p(v)) use the plain softmax q_conf/p_conf.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from deferral.errors import DeferralError
+from deferral.features import FeatureSpec, compute_features
+from deferral.probs import total_variation
+
+
+@dataclass
+class StepDistributions:
+    """What a rule sees at N positions (a batch of rows x drafted positions, flattened).
+
+    q_sample, p_sample: (N, V) sampling distributions (temperature, top-p; one-hot at T = 0).
+    q_conf, p_conf:     (N, V) confidence distributions (softmax at temperature 1).
+    q_logits, p_logits: (N, V) raw logits, for the learned rule's features.
+    drafted:            (N,) the drafted token at each position (-1 where there is none, e.g. bonus).
+    drafter_hidden, target_hidden: optional (N, H) last hidden states, for routers that use them.
+    """
+
+    q_sample: torch.Tensor
+    p_sample: torch.Tensor
+    q_conf: torch.Tensor
+    p_conf: torch.Tensor
+    q_logits: torch.Tensor
+    p_logits: torch.Tensor
+    drafted: torch.Tensor
+    drafter_hidden: torch.Tensor | None = None
+    target_hidden: torch.Tensor | None = None
+
+
+@dataclass
+class RuleOutput:
+    """pi: (N, V) target distribution; deferred: (N,) bool, True where the drafted token is not
+    kept unconditionally (δ = 1 for mixture rules, drafted ∉ A for token rules)."""
+
+    pi: torch.Tensor
+    deferred: torch.Tensor
+
+
+def mixture(d: StepDistributions, defer: torch.Tensor) -> RuleOutput:
+    """π = (1 − δ)·q + δ·p for a per-position decision δ: (N,) bool."""
+    w = defer.float()[:, None]
+    return RuleOutput(pi=(1 - w) * d.q_sample + w * d.p_sample, deferred=defer)
+
+
+def token_specific(d: StepDistributions, acceptable: torch.Tensor) -> RuleOutput:
+    """π(v) = q(v)·1[v ∈ A] + Q_rej·p(v) for an acceptable set A given as an (N, V) bool mask."""
+    kept_q = d.q_sample * acceptable
+    q_rejected = (1.0 - kept_q.sum(-1, keepdim=True)).clamp_min(0.0)  # Q_rej: (N, 1)
+    pi = kept_q + q_rejected * d.p_sample
+    drafted = d.drafted.clamp_min(0)[:, None]
+    deferred = ~acceptable.gather(-1, drafted).squeeze(-1)
+    return RuleOutput(pi=pi, deferred=deferred)
+
+
+class DeferralRule(ABC):
+    """One deferral rule. Subclasses set the class attributes and implement `target`."""
+
+    name: str = ""
+    #: False where the deferral decision uses q alone, so a sequential cascade can skip the target.
+    needs_target: bool = True
+    #: the knob's documented range, and the values at which the rule becomes lossless speculative
+    #: decoding and the drafter alone.
+    alpha_range: tuple[float, float] = (0.0, 1.0)
+    alpha_speculative: float = 0.0
+    alpha_drafter: float = 1.0
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = float(alpha) if alpha is not None else float(self.default_alpha)
+
+    default_alpha: float = 0.5
+
+    @abstractmethod
+    def target(self, d: StepDistributions) -> RuleOutput: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alpha={self.alpha})"
+
+
+class TargetOnly(DeferralRule):
+    """δ ≡ 1: π = p (lossless speculative decoding; as a plain loop, the target alone)."""
+
+    name = "target"
+
+    def target(self, d):
+        return mixture(d, torch.ones_like(d.drafted, dtype=torch.bool))
+
+
+class Speculative(TargetOnly):
+    name = "speculative"
+
+
+class DrafterOnly(DeferralRule):
+    """δ ≡ 0: π = q, every draft kept."""
+
+    name = "drafter"
+    needs_target = False
+
+    def target(self, d):
+        return mixture(d, torch.zeros_like(d.drafted, dtype=torch.bool))
+
+
+class Chow(DeferralRule):
+    """Eq. 2: defer iff max q < 1 − α.  α = 0: speculative decoding; α = 1: drafter."""
+
+    name = "chow"
+    needs_target = False
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 1.0
+
+    def target(self, d):
+        return mixture(d, d.q_conf.max(-1).values < 1.0 - self.alpha)
+
+
+class Diff(DeferralRule):
+    """Eq. 5: defer iff max q < max p − α.  α = −1: speculative decoding; α = 1: drafter."""
+
+    name = "diff"
+    alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
+    default_alpha = 0.0
+
+    def target(self, d):
+        return mixture(d, d.q_conf.max(-1).values < d.p_conf.max(-1).values - self.alpha)
+
+
+class Opt(DeferralRule):
+    """Eq. 10 (plug-in of Lemma 4): defer iff max q < max p − α·D_TV(p, q).
+
+    D_TV uses the sampling distributions. α → −∞: speculative decoding; α → +∞: drafter.
+    """
+
+    name = "opt"
+    alpha_range, alpha_speculative, alpha_drafter = (-10.0, 10.0), -1e9, 1e9
+    default_alpha = 0.5
+
+    def target(self, d):
+        tv = total_variation(d.q_sample, d.p_sample)
+        return mixture(d, d.q_conf.max(-1).values < d.p_conf.max(-1).values - self.alpha * tv)
+
+
+class TokenV1(DeferralRule):
+    """Eq. 13: keep v iff q(v) ≥ max p − α.  α = −1: speculative decoding; α = 1: drafter."""
+
+    name = "token-v1"
+    alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
+    default_alpha = 0.0
+
+    def target(self, d):
+        p_max = d.p_conf.max(-1, keepdim=True).values
+        return token_specific(d, d.q_conf >= p_max - self.alpha)
+
+
+class TokenV2(DeferralRule):
+    """Eq. 14: keep v iff p(v) ≥ max p − α.  α = −1: speculative decoding; α = 1: drafter."""
+
+    name = "token-v2"
+    alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
+    default_alpha = 0.0
+
+    def target(self, d):
+        p_max = d.p_conf.max(-1, keepdim=True).values
+        return token_specific(d, d.p_conf >= p_max - self.alpha)
+
+
+class TokenV3(DeferralRule):
+    """Eq. 15: keep v iff p(v) ≥ (1 − α)·max p (a min-p set of the target).
+
+    α = 1: drafter. α = 0 keeps only the target's argmax; any α < 0 keeps nothing, which is
+    lossless speculative decoding (we use −1).
+    """
+
+    name = "token-v3"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), -1.0, 1.0
+
+    def target(self, d):
+        p_max = d.p_conf.max(-1, keepdim=True).values
+        return token_specific(d, d.p_conf >= (1.0 - self.alpha) * p_max)
+
+
+class LossySpeculative(DeferralRule):
+    """Lossy speculative decoding with lenience α (Leviathan et al. A.5; paper Lemma 2):
+    π(v) = max(min(q(v), p(v)/(1 − α)), p(v)/β) with β ≥ 1 − α chosen so that Σ π = 1.
+    α = 0: speculative decoding; α = 1: drafter."""
+
+    name = "lossy"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 1.0
+    _BISECTION_STEPS = 40
+
+    def target(self, d):
+        q, p = d.q_sample, d.p_sample
+        if self.alpha >= 1.0:
+            return mixture(d, torch.zeros_like(d.drafted, dtype=torch.bool))
+        capped = torch.minimum(q, p / (1.0 - self.alpha))  # (N, V), sums to <= 1
+        # Σ max(capped, t·p) is increasing in t = 1/β; find t in [0, 1/(1 − α)] with sum 1.
+        lo = torch.zeros(q.shape[0], 1, device=q.device)
+        hi = torch.full_like(lo, 1.0 / (1.0 - self.alpha))
+        for _ in range(self._BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            too_big = torch.maximum(capped, mid * p).sum(-1, keepdim=True) > 1.0
+            hi = torch.where(too_big, mid, hi)
+            lo = torch.where(too_big, lo, mid)
+        pi = torch.maximum(capped, hi * p)
+        pi = pi / pi.sum(-1, keepdim=True)
+        drafted = d.drafted.clamp_min(0)[:, None]
+        deferred = (pi.gather(-1, drafted) < q.gather(-1, drafted)).squeeze(-1)
+        return RuleOutput(pi=pi, deferred=deferred)
+
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+"""Maps (M, F) features to (M,) deferral scores; higher means 'defer'."""
+
+
+class Learned(DeferralRule):
+    """A learned token rule: keep candidate v iff score(features(q, p, v)) ≤ threshold + α·D_TV(p, q).
+
+    The score is evaluated for the drafter's `candidates` most likely tokens at each position, which
+    makes the acceptable set A well defined whatever token was sampled; tokens outside that set are
+    never kept unconditionally. With α = 0 this thresholds a classifier; with a loss-gap regressor
+    and α > 0 it is a learned version of the paper's optimal rule (defer iff gap > α·D_TV).
+    """
+
+    name = "learned"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 0.0
+    default_alpha = 0.0
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        threshold: float,
+        alpha: float = 0.0,
+        candidates: int = 4,
+        feature_spec: FeatureSpec | None = None,
+    ):
+        super().__init__(alpha)
+        if candidates < 1:
+            raise DeferralError(f"the learned rule needs at least 1 candidate token, got {candidates}")
+        self.scorer = scorer
+        self.threshold = float(threshold)
+        self.candidates = candidates
+        self.feature_spec = feature_spec or FeatureSpec()
+
+    def target(self, d):
+        n, v = d.q_conf.shape
+        cand = d.q_conf.topk(min(self.candidates, v), -1).indices  # (N, C)
+        feats = compute_features(d.q_logits, d.p_logits, cand, d.drafter_hidden, d.target_hidden)
+        scores = self.scorer(feats.reshape(-1, feats.shape[-1])).reshape(n, -1).float()  # (N, C)
+        limit = self.threshold + self.alpha * total_variation(d.q_sample, d.p_sample)[:, None]
+        keep = scores <= limit  # (N, C)
+        acceptable = torch.zeros(n, v, dtype=torch.bool, device=keep.device).scatter(-1, cand, keep)
+        return token_specific(d, acceptable)
+
+    def __repr__(self) -> str:
+        return f"Learned(threshold={self.threshold}, alpha={self.alpha}, candidates={self.candidates})"
+
+
+HAND_SET_RULES: dict[str, type[DeferralRule]] = {
+    cls.name: cls for cls in (Chow, Diff, Opt, TokenV1, TokenV2, TokenV3, LossySpeculative)
+}
+RULE_NAMES = ["target", "drafter", "speculative", *HAND_SET_RULES, "learned"]
+
+
+def make_rule(name: str, alpha: float | None = None) -> DeferralRule:
+    """Build a hand-set rule (or an end: target, drafter, speculative) by its command-line name."""
+    fixed = {"target": TargetOnly, "drafter": DrafterOnly, "speculative": Speculative}
+    if name in fixed:
+        return fixed[name]()
+    if name in HAND_SET_RULES:
+        return HAND_SET_RULES[name](alpha)
+    if name == "learned":
+        raise DeferralError("the learned rule needs a router: pass --router DIR (see `deferral export`)")
+    raise DeferralError(f"unknown rule '{name}': choose one of {', '.join(RULE_NAMES)}")

@@ -1,0 +1,89 @@
+"""Bookkeeping shared by every decode loop: prompt padding, prefill, stopping, finished rows."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from deferral.errors import DeferralError
+from inference.cached_lm import CachedLM
+from inference.config import DecodeConfig, Generation, RequestStats
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (B, T) ids and a (B, T) validity mask (1 = real token)."""
+    if any(len(p) == 0 for p in prompts):
+        raise DeferralError("a prompt is empty: give at least one token of text")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        valid[i, width - len(p) :] = 1
+    return ids.to(device), valid.to(device)
+
+
+def prefill(lm: CachedLM, ids: torch.Tensor, valid: torch.Tensor) -> None:
+    """Feed every prompt token but the last (the invariant of CachedLM). No-op for 1-token prompts."""
+    if ids.shape[1] > 1:
+        lm.forward(ids[:, :-1], valid[:, :-1])
+    else:  # initialise the row bookkeeping with an empty cache
+        lm.valid = torch.zeros(ids.shape[0], 0, dtype=torch.long, device=lm.device)
+        lm.positions = torch.zeros(ids.shape[0], dtype=torch.long, device=lm.device)
+
+
+class BatchState:
+    """Which rows are still decoding, what each has produced, and when each finished."""
+
+    def __init__(self, prompts: list[list[int]], cfg: DecodeConfig, eos_ids: set[int], max_context: int):
+        for p in prompts:
+            if len(p) >= max_context:
+                raise DeferralError(
+                    f"a prompt has {len(p)} tokens but the models' context is {max_context}: shorten the prompt"
+                )
+        self.cfg = cfg
+        self.eos_ids = eos_ids if cfg.stop_at_eos else set()
+        self.budget = [min(cfg.max_new_tokens, max_context - len(p) - cfg.draft_tokens - 1) for p in prompts]
+        self.tokens: list[list[int]] = [[] for _ in prompts]
+        self.stats = [RequestStats() for _ in prompts]
+        self.active: list[int] = list(range(len(prompts)))  # original indices of rows in the batch
+        self.start = time.perf_counter()
+
+    def commit(self, row: int, new: list[int]) -> bool:
+        """Append tokens to a row (batch position `row`); return True when the row is finished."""
+        idx = self.active[row]
+        room = self.budget[idx] - len(self.tokens[idx])
+        new = new[:room]
+        for j, tok in enumerate(new):
+            if tok in self.eos_ids:
+                new = new[: j + 1]
+                break
+        self.tokens[idx].extend(new)
+        done = len(self.tokens[idx]) >= self.budget[idx] or bool(new and new[-1] in self.eos_ids)
+        if done:
+            self.stats[idx].wall_s = time.perf_counter() - self.start
+        return done
+
+    def count(self, row: int, **increments: int) -> None:
+        stats = self.stats[self.active[row]]
+        for key, value in increments.items():
+            setattr(stats, key, getattr(stats, key) + int(value))
+
+    def drop(self, finished: list[int], lms: list[CachedLM], *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Remove finished batch rows from the caches and from per-row tensors."""
+        if not finished:
+            return list(tensors)
+        keep = [r for r in range(len(self.active)) if r not in set(finished)]
+        self.active = [self.active[r] for r in keep]
+        rows = torch.tensor(keep, dtype=torch.long, device=lms[0].device)
+        for lm in lms:
+            lm.select_rows(rows)
+        return [t[rows] for t in tensors]
+
+    def results(self) -> list[Generation]:
+        for idx, stats in enumerate(self.stats):
+            stats.new_tokens = len(self.tokens[idx])
+            if stats.wall_s == 0.0:
+                stats.wall_s = time.perf_counter() - self.start
+        return [Generation(tokens=t, stats=s) for t, s in zip(self.tokens, self.stats)]

@@ -1,0 +1,98 @@
+"""A causal LM with a KV cache that can hold "holes", so batch rows can accept different numbers of tokens.
+
+Every row feeds the same number of tokens per forward call (lockstep), which keeps the cache a
+plain rectangular DynamicCache. Entries a row does not keep (left padding of short prompts, drafts
+it rejected) stay in the cache but are masked out of attention, and each row's rotary position
+counts only its valid tokens. Trailing columns that are invalid in every row are cropped away, so
+at batch size 1 the cache always equals a fresh forward pass over the accepted prefix.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache`; support both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class CachedLM:
+    """Wraps a transformers causal LM for incremental decoding over a batch of rows.
+
+    Invariant between steps: the cache holds every committed token of a row except its last one,
+    which is fed at the start of the next forward call.
+    """
+
+    def __init__(self, model, vocab_size: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.vocab_size = vocab_size
+        self._cache_kwarg = _cache_kwarg(model)
+        self.cache = DynamicCache(config=model.config)
+        self.device = next(model.parameters()).device
+        self.valid = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (B, L) 1 = real entry
+        self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # (B,) valid tokens so far
+        self.calls = 0
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed (B, n) tokens; `valid` (B, n) marks padding as 0. Returns (B, n, V) float logits."""
+        b, n = tokens.shape
+        if valid is None:
+            valid = torch.ones(b, n, dtype=torch.long, device=self.device)
+        if self.valid.numel() == 0:
+            self.valid = torch.zeros(b, 0, dtype=torch.long, device=self.device)
+            self.positions = torch.zeros(b, dtype=torch.long, device=self.device)
+        position_ids = self.positions[:, None] + valid.cumsum(-1) - 1  # (B, n)
+        self.valid = torch.cat([self.valid, valid], dim=-1)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.valid,
+            position_ids=position_ids.clamp_min(0),
+            use_cache=True,
+            **{self._cache_kwarg: self.cache},
+        )
+        self.positions = self.positions + valid.sum(-1)
+        self.calls += 1
+        return out.logits[..., : self.vocab_size].float()
+
+    def rollback(self, fed: int, kept: torch.Tensor) -> None:
+        """Of the last `fed` tokens fed, row i keeps its first kept[i]; the rest become holes.
+
+        kept: (B,) int64 in [0, fed].
+        """
+        b = self.valid.shape[0]
+        offsets = torch.arange(fed, device=self.device)[None, :]  # (1, fed)
+        self.valid[:, -fed:] *= (offsets < kept[:, None]).long()
+        self.positions = self.positions - (fed - kept)
+        # Drop trailing columns that no row uses.
+        used = self.valid.any(0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 0
+        drop = self.valid.shape[1] - length
+        if drop > 0 and b > 0:
+            self._crop_to(length)
+
+    def _crop_to(self, length: int) -> None:
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+        self.valid = self.valid[:, :length]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (finished rows leave the batch). rows: (B',) int64."""
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[rows]
+                layer.values = layer.values[rows]
+        self.valid = self.valid[rows]
+        self.positions = self.positions[rows]
+
+    @property
+    def length(self) -> int:
+        """Columns in the cache (valid entries plus holes)."""
+        return int(self.valid.shape[1])

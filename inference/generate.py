@@ -1,0 +1,134 @@
+"""`deferral generate`: decode prompts with any rule and print texts or per-prompt JSON statistics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from deferral.rules import RULE_NAMES, DeferralRule, make_rule
+from inference.config import DecodeConfig
+
+
+def add_pair_arguments(parser: ArgumentParser) -> None:
+    """--drafter/--target/--device/--dtype, shared by every command that loads a pair."""
+    parser.add_argument("--drafter", type=str | None, default=None,
+                        help="drafter: Hugging Face id, local folder or .gguf file (default: the embedded drafter)")
+    parser.add_argument("--target", type=str | None, default=None,
+                        help="target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", type=str, default="float32", help="float32, bfloat16 or float16")
+
+
+def add_decode_arguments(parser: ArgumentParser) -> None:
+    """The decoding knobs shared by generate and evaluate."""
+    parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for drafting, acceptance and resampling")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together in one loop")
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral generate", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    add_pair_arguments(parser)
+    parser.add_argument("--rule", type=str, default="speculative", help=f"one of: {', '.join(RULE_NAMES)}")
+    parser.add_argument("--alpha", type=float | None, default=None, help="the knob of a hand-set rule")
+    parser.add_argument("--router", type=str | None, default=None, help="router export folder (--rule learned)")
+    parser.add_argument("--threshold", type=float | None, default=None, help="learned rule: defer above this score")
+    parser.add_argument("--deferral-rate", type=float | None, default=None,
+                        help="learned rule: pick the threshold giving this deferral rate (router calibration)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the rule as a sequential token-level cascade instead of speculatively")
+    add_decode_arguments(parser)
+    parser.add_argument("--prompt", type=str | None, default=None, help="one prompt text")
+    parser.add_argument("--prompts", type=str | None, default=None, help="JSONL file, one {\"prompt\": ...} per line")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    return parser
+
+
+def parse(parser: ArgumentParser, argv: list[str]):
+    """Parse argv; turn jsonargparse's usage errors into one DeferralError line."""
+    try:
+        return parser.parse_args(argv)
+    except Exception as exc:  # jsonargparse raises ArgumentError / ValueError subclasses
+        raise DeferralError(f"{str(exc).splitlines()[0]} (see {parser.prog} --help)") from None
+
+
+def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
+    if (prompt is None) == (prompts_file is None):
+        raise DeferralError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    if prompt is not None:
+        return [prompt]
+    path = Path(prompts_file)
+    if not path.is_file():
+        raise DeferralError(f"prompts file {path} does not exist: check the path")
+    texts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            texts.append(str(json.loads(line)["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DeferralError(f"{path}:{n} is not a JSON object with a 'prompt' field: fix that line") from None
+    if not texts:
+        raise DeferralError(f"{path} holds no prompts: add lines like {{\"prompt\": \"...\"}}")
+    return texts
+
+
+def decode_config(args) -> DecodeConfig:
+    return DecodeConfig(
+        draft_tokens=args.draft_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+
+
+def build_rule(args, pair) -> DeferralRule:
+    if args.rule == "learned":
+        if not args.router:
+            raise DeferralError("--rule learned needs --router DIR (an export from `deferral export`)")
+        from inference.learned import load_learned_rule
+
+        return load_learned_rule(
+            args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate, alpha=args.alpha
+        )
+    for flag in ("router", "threshold", "deferral_rate"):
+        if getattr(args, flag) is not None:
+            raise DeferralError(f"--{flag.replace('_', '-')} only applies to --rule learned")
+    return make_rule(args.rule, args.alpha)
+
+
+def main(argv: list[str]) -> int:
+    from deferral.pair import load_pair
+    from inference.runner import encode_prompts, run
+
+    args = parse(build_parser(), argv)
+    if args.rule not in RULE_NAMES:
+        raise DeferralError(f"unknown rule '{args.rule}': choose one of {', '.join(RULE_NAMES)}")
+    cfg = decode_config(args)
+    texts = read_prompts(args.prompt, args.prompts)
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    rule = build_rule(args, pair)
+    prompts = encode_prompts(pair, texts, chat=args.chat)
+    results = run(pair, rule, prompts, cfg, batch_size=args.batch_size, sequential=args.sequential)
+    for i, gen in enumerate(results):
+        text = pair.tokenizer.decode(gen.tokens, skip_special_tokens=True)
+        if args.json:
+            row = {"index": i, "rule": args.rule, "text": text, "tokens": gen.tokens, **gen.stats.as_dict()}
+            print(json.dumps(row), flush=True)
+        else:
+            print(text, flush=True)
+    if not args.json:
+        total = sum(g.stats.new_tokens for g in results)
+        wall = max(g.stats.wall_s for g in results) if results else 0.0
+        print(f"[{args.rule}] {total} new tokens, {len(results)} prompt(s)", file=sys.stderr)
+    return 0

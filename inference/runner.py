@@ -1,0 +1,87 @@
+"""Choose the decode loop for a rule and run it over prompts in batches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from deferral.errors import DeferralError
+from deferral.pair import Pair
+from deferral.rules import DeferralRule, DrafterOnly, TargetOnly
+from inference.autoregressive import autoregressive_generate
+from inference.config import DecodeConfig, Generation
+from inference.sequential import sequential_generate
+from inference.speculative import speculative_generate
+
+
+def eos_token_ids(pair: Pair) -> set[int]:
+    """EOS ids from the target's tokenizer and generation config (which may list several)."""
+    ids: set[int] = set()
+    tok = pair.tokenizer
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(getattr(pair.target.model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    return ids
+
+
+def pad_token_id(pair: Pair) -> int:
+    tok = pair.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode_prompts(pair: Pair, texts: list[str], chat: bool = False) -> list[list[int]]:
+    """Token ids per prompt; `chat` wraps each as a user turn of the tokenizer's chat template."""
+    tok = pair.tokenizer
+    out = []
+    for text in texts:
+        if not text:
+            raise DeferralError("a prompt is empty: give at least one character of text")
+        if chat:
+            if not getattr(tok, "chat_template", None):
+                raise DeferralError("--chat was given but the target's tokenizer has no chat template: drop --chat")
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            if hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise DeferralError(f"prompt {text[:30]!r} encodes to no tokens: give more text")
+        out.append([int(i) for i in ids])
+    return out
+
+
+def run(
+    pair: Pair,
+    rule: DeferralRule,
+    prompts: list[list[int]],
+    cfg: DecodeConfig,
+    batch_size: int = 1,
+    sequential: bool = False,
+) -> list[Generation]:
+    """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt."""
+    if batch_size < 1:
+        raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
+    common = dict(
+        vocab_size=pair.vocab_size, eos_ids=eos_token_ids(pair), pad_id=pad_token_id(pair), max_context=pair.max_context
+    )
+    results: list[Generation] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        chunk_cfg = replace(cfg, seed=cfg.seed + start)
+        if type(rule) is TargetOnly:
+            results += autoregressive_generate(pair.target.model, chunk, chunk_cfg, **common)
+        elif type(rule) is DrafterOnly:
+            results += autoregressive_generate(pair.drafter.model, chunk, chunk_cfg, counter="drafter_calls", **common)
+        elif sequential:
+            results += sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
+        else:
+            results += speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
+    return results

@@ -1,0 +1,79 @@
+"""The sequential token-level cascade (paper Algorithms 2-3): the drafter runs every token and the
+target is called only where the rule defers (or, for rules whose decision needs p, at every token,
+the paper's "oracle" execution). Each emitted token is drawn from the same π the speculative loop
+targets, so the two differ in cost, not in distribution.
+
+Rows are decoded one at a time: each row calls the target at its own positions, so batching them in
+lockstep would only add padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deferral.rules import DeferralRule
+from inference.acceptance import accept_drafts, residual_sample
+from inference.batch import BatchState, left_pad, prefill
+from inference.cached_lm import CachedLM
+from inference.config import DecodeConfig, Generation
+from inference.speculative import draw, rule_inputs
+
+
+@torch.inference_mode()
+def sequential_generate(
+    drafter,
+    target,
+    rule: DeferralRule,
+    prompts: list[list[int]],
+    cfg: DecodeConfig,
+    vocab_size: int,
+    eos_ids: set[int],
+    pad_id: int,
+    max_context: int,
+) -> list[Generation]:
+    results = []
+    for i, prompt in enumerate(prompts):
+        row_cfg = DecodeConfig(**{**cfg.__dict__, "seed": cfg.seed + i})
+        results.append(
+            _one_row(drafter, target, rule, prompt, row_cfg, vocab_size, eos_ids, pad_id, max_context)
+        )
+    return results
+
+
+def _one_row(drafter, target, rule, prompt, cfg, vocab_size, eos_ids, pad_id, max_context) -> Generation:
+    state = BatchState([prompt], cfg, eos_ids, max_context)
+    d_lm, t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
+    generator = torch.Generator(device=d_lm.device).manual_seed(cfg.seed)
+    ids, valid = left_pad([prompt], pad_id, d_lm.device)
+    prefill(d_lm, ids, valid)
+    state.count(0, drafter_calls=ids.shape[1] > 1)
+    # Committed tokens the target has not been fed yet; it catches up in one forward when called.
+    pending = ids  # (1, n)
+    last = ids[:, -1]
+    done = state.commit(0, [])
+    while not done:
+        q_logits = d_lm.forward(last[:, None])[:, -1]  # (1, V)
+        q_only = rule_inputs(q_logits, q_logits, last, cfg)
+        drafted = draw(q_only.q_sample, cfg, generator)  # (1,)
+        q_only.drafted = drafted
+        # Rules that decide from q alone see p as a placeholder they never read.
+        call_target = rule.needs_target or bool(rule.target(q_only).deferred[0])
+        if call_target:
+            p_logits = t_lm.forward(pending)[:, -1]
+            state.count(0, target_calls=1)
+            d = rule_inputs(q_logits, p_logits, drafted, cfg)
+            out = rule.target(d)
+            # One-token speculative acceptance: the emitted token is distributed exactly as π.
+            kept = accept_drafts(out.pi[:, None], d.q_sample[:, None], drafted[:, None], generator)
+            token = drafted if int(kept[0]) == 1 else residual_sample(out.pi, d.q_sample, generator)
+            deferred = bool(out.deferred[0])
+            pending = token[:, None]
+        else:
+            token, deferred = drafted, False
+            pending = torch.cat([pending, token[:, None]], dim=1)
+        state.count(
+            0, drafter_calls=1, drafted=1, accepted=int(token[0] == drafted[0]), deferred=deferred, examined=1
+        )
+        done = state.commit(0, [int(token[0])])
+        last = token
+    return state.results()[0]
