@@ -1,0 +1,1 @@
+"""Logging, router training, baselines, export and distillation (lightning, mlflow and datasets live here)."""

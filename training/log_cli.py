@@ -1,0 +1,261 @@
+"""`deferral log`: run drafter and target over a corpus and write per-token features and labels.
+
+The output folder is resumable: rerun the same command after any interruption (kill -9 included)
+and it continues after the last finished shard; the finished dataset equals an uninterrupted run's.
+Format: training/logged_data.py; guide: docs/logging.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from inference.generate import add_pair_arguments, parse
+from training import logged_data as fmt
+from training.corpora import Corpus, open_corpus
+from training.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, truncate_rows
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral log", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    add_pair_arguments(parser)
+    parser.add_argument("--data", type=str, required=True,
+                        help="corpus: stdlib[:train|heldout|all], a .txt/.jsonl/.parquet file (or glob, or a,b list), "
+                             "a folder of text/source files, or a Hugging Face dataset name[/config][:split]")
+    parser.add_argument("--text-column", type=str, default="text", help="text field of .jsonl/.parquet/HF rows")
+    parser.add_argument("--hf-config", type=str | None, default=None, help="Hugging Face dataset config name")
+    parser.add_argument("--txt-docs", type=str, default="paragraph",
+                        help="how a .txt file splits into documents: paragraph (blank lines), line or file")
+    parser.add_argument("--out", type=str, required=True, help="output folder (rerun with the same flags to resume)")
+    parser.add_argument("--mode", type=str, default="reference",
+                        help="reference: score the corpus text; on-policy: score continuations generated from its prompts")
+    parser.add_argument("--max-len", type=int, default=512, help="tokens per window scored in one pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--docs-per-shard", type=int, default=64, help="documents per shard (the unit of resumption)")
+    parser.add_argument("--max-docs", type=int | None, default=None, help="stop after this many documents")
+    parser.add_argument("--max-positions", type=int | None, default=None,
+                        help="stop after this many positions (split evenly across processes)")
+    parser.add_argument("--hidden", type=str, default="none",
+                        help=f"append last hidden states to the features: {', '.join(HIDDEN_CHOICES)}")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="on-policy: prompt length taken from each document")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy: tokens generated per prompt")
+    parser.add_argument("--generator", type=str, default="target",
+                        help="on-policy: who writes continuations: target, or a cascade rule (speculative, chow, opt, ...)")
+    parser.add_argument("--alpha", type=float | None, default=None, help="on-policy: the knob of a cascade generator")
+    parser.add_argument("--temperature", type=float, default=0.0, help="on-policy: sampling temperature (0 = greedy)")
+    parser.add_argument("--draft-tokens", type=int, default=5, help="on-policy: tokens drafted per step by a cascade")
+    parser.add_argument("--seed", type=int, default=0, help="on-policy: random seed for sampling")
+    parser.add_argument("--devices", type=int, default=1, help="processes (Lightning DDP predict loop) when > 1")
+    parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for --devices > 1")
+    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking store")
+    parser.add_argument("--experiment", type=str, default="deferral-log", help="MLflow experiment name")
+    parser.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def log_config(args) -> LogConfig:
+    cfg = LogConfig(
+        max_len=args.max_len, batch_size=args.batch_size, hidden=args.hidden, mode=args.mode,
+        prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens, generator=args.generator,
+        alpha=args.alpha, temperature=args.temperature, draft_tokens=args.draft_tokens, seed=args.seed,
+    )
+    cfg.validate()
+    if args.docs_per_shard < 1:
+        raise DeferralError(f"--docs-per-shard must be at least 1, got {args.docs_per_shard}")
+    for flag in ("max_docs", "max_positions"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise DeferralError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    return cfg
+
+
+@dataclass
+class LogJob:
+    """Everything that decides the rows of an output folder, and the loop that fills it."""
+
+    corpus: Corpus
+    cfg: LogConfig
+    out: Path
+    docs_per_shard: int
+    max_docs: int | None
+    max_positions: int | None
+    dtype: str
+    world: int = 1
+    stats: dict = field(default_factory=dict)
+
+    def position_budget(self) -> int | None:
+        """Positions this rank may log (the global limit split evenly across ranks)."""
+        return None if self.max_positions is None else math.ceil(self.max_positions / self.world)
+
+    def fingerprint(self, pair) -> dict:
+        """The arguments a resumed run must share with the run that started the folder."""
+        cfg = asdict(self.cfg)
+        cfg.pop("batch_size")  # batching changes speed, not rows
+        if cfg["mode"] == "reference":
+            for key in ("prompt_tokens", "max_new_tokens", "generator", "alpha", "temperature", "draft_tokens", "seed"):
+                cfg.pop(key)
+        return {
+            "corpus": self.corpus.description,
+            "pair": pair.identity(),
+            "dtype": self.dtype,
+            "log_config": cfg,
+            "docs_per_shard": self.docs_per_shard,
+            "max_docs": self.max_docs,
+            "position_budget_per_rank": self.position_budget(),
+        }
+
+    def prepare(self, pair) -> None:
+        """Create the folder (meta.json, run.json) or check that it was started with the same arguments."""
+        run = self.fingerprint(pair)
+        run_path = self.out / "run.json"
+        if run_path.is_file():
+            import json
+
+            previous = json.loads(run_path.read_text())
+            if previous != json.loads(json.dumps(run)):
+                keys = sorted(k for k in set(previous) | set(run) if previous.get(k) != json.loads(json.dumps(run)).get(k))
+                raise DeferralError(
+                    f"{self.out} was started with different arguments ({', '.join(keys)} differ): rerun with the "
+                    f"original flags to resume, or choose a new --out"
+                )
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            raise DeferralError(f"{self.out} exists and is not a `deferral log` folder: choose a new or empty --out")
+        spec = feature_spec(pair, self.cfg.hidden)
+        meta = fmt.build_meta(spec, pair.identity(), self.corpus.description, self.cfg.mode,
+                              extra={"log_config": asdict(self.cfg)})
+        fmt.write_json_atomic(self.out / "meta.json", meta)
+        fmt.write_json_atomic(run_path, run)  # last: its presence marks a started folder
+
+    def chunks(self) -> Iterator[tuple[int, list[tuple[int, str]]]]:
+        """(chunk index, [(doc_id, text)]) in corpus order, docs_per_shard documents per chunk."""
+        docs = enumerate(self.corpus.documents())
+        if self.max_docs is not None:
+            docs = islice(docs, self.max_docs)
+        chunk = 0
+        while batch := list(islice(docs, self.docs_per_shard)):
+            yield chunk, batch
+            chunk += 1
+
+    def run(self, pair, rank: int = 0, show_progress: bool = True) -> dict:
+        """Log every chunk of this rank that has no finished shard yet; return counts for tracking."""
+        from tqdm import tqdm
+
+        spec = feature_spec(pair, self.cfg.hidden)
+        budget = self.position_budget()
+        done = fmt.finished_shards(self.out)
+        logged = new = chunks_seen = docs_seen = 0
+        start = time.perf_counter()
+        bar = tqdm(total=budget, unit="pos", desc=f"logging rank {rank}" if self.world > 1 else "logging",
+                   disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
+        try:
+            for chunk, docs in self.chunks():
+                chunks_seen += 1
+                docs_seen += len(docs)
+                if chunk % self.world != rank:
+                    continue
+                if budget is not None and logged >= budget:
+                    break
+                if chunk in done:
+                    rows_done = fmt.shard_rows(done[chunk])
+                    logged += rows_done
+                    bar.update(rows_done)
+                    continue
+                rows = log_chunk(pair, docs, self.cfg, progress=bar.update)
+                if budget is not None and logged + len(rows["doc_id"]) > budget:
+                    rows = truncate_rows(rows, budget - logged)
+                table = fmt.arrow_table(rows, spec.dim)
+                fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
+                logged += table.num_rows
+                new += table.num_rows
+                bar.set_postfix(docs=docs_seen, shards=chunk + 1)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - start
+        return {"positions": logged, "new_positions": new, "documents": docs_seen, "chunks": chunks_seen,
+                "wall_s": wall, "positions_per_s": new / wall if wall > 0 else 0.0}
+
+    def finalize(self, feature_dim: int) -> dict:
+        """After every rank finished: check the result, write the datasets index and progress.json."""
+        shards = fmt.finished_shards(self.out)
+        positions = sum(fmt.shard_rows(p) for p in shards.values())
+        if positions == 0:
+            raise DeferralError(
+                f"corpus {self.corpus.description.get('spec')} gave no positions (documents need at least 2 tokens): "
+                f"check --data, --text-column and --max-docs"
+            )
+        fmt.write_dataset_index(self.out, feature_dim)
+        progress = {"complete": True, "shards": len(shards), "positions": positions}
+        fmt.write_json_atomic(self.out / "progress.json", progress)
+        return progress
+
+
+def require_documents(corpus: Corpus) -> None:
+    """Fail before loading any model when the corpus holds no document at all."""
+    if next(iter(corpus.documents()), None) is None:
+        raise DeferralError(f"corpus {corpus.description.get('spec')} is empty: check --data (and --text-column)")
+
+
+def make_job(args, world: int = 1) -> LogJob:
+    corpus = open_corpus(args.data, text_column=args.text_column, txt_docs=args.txt_docs, hf_config=args.hf_config)
+    return LogJob(corpus=corpus, cfg=log_config(args), out=Path(args.out), docs_per_shard=args.docs_per_shard,
+                  max_docs=args.max_docs, max_positions=args.max_positions, dtype=args.dtype, world=world)
+
+
+def track(args, job: LogJob, stats: dict, progress: dict) -> None:
+    """Record parameters, corpus, position counts and throughput in MLflow (local sqlite store by default)."""
+    if args.no_tracking:
+        return
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    try:
+        mlflow.set_tracking_uri(args.tracking_uri)
+        mlflow.set_experiment(args.experiment)
+        with mlflow.start_run(run_name=f"log {Path(args.out).name}"):
+            params = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress") and v is not None}
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.set_tags({"command": "log", "corpus.kind": job.corpus.description.get("kind", "")})
+            mlflow.log_dict(job.corpus.description, "corpus.json")
+            mlflow.log_metrics({**{k: float(v) for k, v in stats.items()}, "total_positions": float(progress["positions"]),
+                                "shards": float(progress["shards"])})
+    except Exception as exc:  # a broken tracking store must not lose a finished dataset
+        raise DeferralError(
+            f"the dataset in {args.out} is complete, but MLflow tracking at {args.tracking_uri} failed "
+            f"({type(exc).__name__}: {exc}): fix --tracking-uri or pass --no-tracking"
+        ) from None
+
+
+def main(argv: list[str]) -> int:
+    args = parse(build_parser(), argv)
+    if args.devices > 1:
+        from training.log_distributed import main_distributed
+
+        return main_distributed(args)
+    from deferral.pair import load_pair
+
+    job = make_job(args)
+    require_documents(job.corpus)
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    job.prepare(pair)
+    stats = job.run(pair, show_progress=not args.no_progress)
+    progress = job.finalize(feature_spec(pair, job.cfg.hidden).dim)
+    track(args, job, stats, progress)
+    print(f"logged {progress['positions']} positions in {progress['shards']} shard(s) to {args.out} "
+          f"({stats['new_positions']} new, {stats['positions_per_s']:.0f} positions/s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,229 @@
+"""The logging loop: documents -> token windows -> both models' teacher-forced logits -> features + labels.
+
+Pure apart from running the models: no files, no flags. `log_chunk` turns one chunk of documents into
+the rows of one shard (numpy columns sorted by doc_id, then position); the CLI and the distributed
+loop decide which chunks to run and where to write them.
+
+A row at (doc_id, position t) describes the prediction of token t+1 from tokens 0..t: token_id is
+that next token, drafted_id the drafter's argmax, features and labels come from the two models'
+logits at t. Documents longer than --max-len are cut into windows overlapping by one token, so
+every next token is predicted exactly once (with the context of its own window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deferral.errors import DeferralError
+from deferral.features import FeatureSpec, compute_features
+from deferral.labels import compute_labels
+from deferral.pair import Pair
+
+HIDDEN_CHOICES = ("none", "drafter", "target", "both")
+MODES = ("reference", "on-policy")
+FEATURE_ROWS = 1024  # positions turned into features at once: bounds (rows, vocab) float32 temporaries
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    max_len: int = 512  # tokens per window (capped by the models' context)
+    batch_size: int = 8  # windows per forward pass
+    hidden: str = "none"  # which hidden states to append to the features
+    mode: str = "reference"
+    # on-policy mode: prompt = the first prompt_tokens tokens of a document, continuation generated
+    prompt_tokens: int = 64
+    max_new_tokens: int = 64
+    generator: str = "target"  # a rule name: 'target' or a cascade rule run by inference.runner
+    alpha: float | None = None
+    temperature: float = 0.0
+    draft_tokens: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_len < 2:
+            raise DeferralError(f"--max-len must be at least 2 tokens, got {self.max_len}")
+        if self.batch_size < 1:
+            raise DeferralError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.hidden not in HIDDEN_CHOICES:
+            raise DeferralError(f"--hidden {self.hidden} is unknown: choose one of {', '.join(HIDDEN_CHOICES)}")
+        if self.mode not in MODES:
+            raise DeferralError(f"--mode {self.mode} is unknown: choose reference or on-policy")
+        if self.mode == "on-policy" and self.prompt_tokens < 1:
+            raise DeferralError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}")
+
+
+@dataclass
+class Window:
+    """Tokens [start, start + len(tokens)) of one document; rows are logged from local index log_from."""
+
+    doc_id: int
+    start: int
+    tokens: list[int]
+    log_from: int = 0
+
+
+def feature_spec(pair: Pair, hidden: str) -> FeatureSpec:
+    width = lambda m: int(m.model.config.hidden_size)  # noqa: E731
+    return FeatureSpec(
+        drafter_hidden=width(pair.drafter) if hidden in ("drafter", "both") else 0,
+        target_hidden=width(pair.target) if hidden in ("target", "both") else 0,
+    )
+
+
+def effective_max_len(pair: Pair, max_len: int) -> int:
+    return max(2, min(max_len, pair.max_context))
+
+
+def tokenize(pair: Pair, text: str) -> list[int]:
+    return [int(i) for i in pair.tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+
+def make_windows(doc_id: int, ids: list[int], max_len: int, log_from: int = 0) -> list[Window]:
+    """Windows of at most max_len tokens covering every prediction t -> t+1 with t >= log_from once."""
+    windows, start = [], 0
+    while start < len(ids) - 1:
+        tokens = ids[start : start + max_len]
+        if start + len(tokens) - 1 > log_from:  # this window predicts some token at t >= log_from
+            windows.append(Window(doc_id, start, tokens, max(0, log_from - start)))
+        start += max_len - 1
+    return windows
+
+
+def rows_from_logits(
+    q_logits: torch.Tensor,
+    p_logits: torch.Tensor,
+    next_tokens: torch.Tensor,
+    drafter_hidden: torch.Tensor | None = None,
+    target_hidden: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Features and labels at N positions from (N, V) logits and the (N,) tokens that follow.
+
+    drafted = argmax q; features = compute_features(q, p, drafted[:, None], ...)[:, 0] (N, F).
+    """
+    drafted = q_logits.argmax(-1)  # (N,)
+    features = compute_features(q_logits, p_logits, drafted[:, None], drafter_hidden, target_hidden)[:, 0, :]
+    return {
+        "token_id": next_tokens,
+        "drafted_id": drafted,
+        "features": features,
+        **compute_labels(q_logits, p_logits, next_tokens, drafted),
+    }
+
+
+def _forward(model, input_ids: torch.Tensor, mask: torch.Tensor, vocab: int, want_hidden: bool):
+    """(B, L) ids -> (B, L, V) logits cut to the shared vocabulary, and (B, L, H) last hidden or None."""
+    out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden, use_cache=False)
+    hidden = out.hidden_states[-1] if want_hidden else None
+    return out.logits[..., :vocab], hidden
+
+
+@torch.inference_mode()
+def score_windows(pair: Pair, windows: list[Window], hidden: str = "none", pad_id: int = 0) -> dict[str, np.ndarray]:
+    """One batch: pad the windows, run both models teacher-forced, return numpy row columns."""
+    device = pair.device
+    longest = max(len(w.tokens) for w in windows)
+    ids = torch.full((len(windows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    # valid[b, t]: row logged for window b at local index t (a next token exists and t >= log_from)
+    valid = torch.zeros((len(windows), longest), dtype=torch.bool)
+    for b, w in enumerate(windows):
+        ids[b, : len(w.tokens)] = torch.tensor(w.tokens)
+        mask[b, : len(w.tokens)] = 1
+        valid[b, w.log_from : len(w.tokens) - 1] = True
+    ids, mask = ids.to(device), mask.to(device)
+    q_logits, q_hidden = _forward(pair.drafter.model, ids, mask, pair.vocab_size, hidden in ("drafter", "both"))
+    p_logits, p_hidden = _forward(pair.target.model, ids, mask, pair.vocab_size, hidden in ("target", "both"))
+
+    next_ids = torch.roll(ids, -1, dims=1)  # next_ids[b, t] = ids[b, t + 1] where valid
+    b_idx, t_idx = valid.nonzero(as_tuple=True)  # row order: window, then position
+    b_dev, t_dev = b_idx.to(device), t_idx.to(device)
+    parts: list[dict[str, torch.Tensor]] = []
+    for s in range(0, len(b_idx), FEATURE_ROWS):
+        bs, ts = b_dev[s : s + FEATURE_ROWS], t_dev[s : s + FEATURE_ROWS]
+        parts.append(
+            rows_from_logits(
+                q_logits[bs, ts],
+                p_logits[bs, ts],
+                next_ids[bs, ts],
+                q_hidden[bs, ts] if q_hidden is not None else None,
+                p_hidden[bs, ts] if p_hidden is not None else None,
+            )
+        )
+    rows = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
+    starts = torch.tensor([w.start for w in windows])
+    rows["doc_id"] = torch.tensor([w.doc_id for w in windows])[b_idx].numpy()
+    rows["position"] = (starts[b_idx] + t_idx).numpy()
+    return rows
+
+
+def _batches(windows: list[Window], batch_size: int) -> list[list[Window]]:
+    """Group windows of similar length (longest first) so padding stays small; deterministic."""
+    order = sorted(windows, key=lambda w: (-len(w.tokens), w.doc_id, w.start))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _on_policy_windows(pair: Pair, docs: list[tuple[int, list[int]]], cfg: LogConfig, max_len: int) -> list[Window]:
+    """Prompts from the documents, continuations generated by cfg.generator; windows over the new tokens."""
+    from deferral.rules import make_rule
+    from inference.config import DecodeConfig
+    from inference.runner import run
+
+    prompt_len = max(1, min(cfg.prompt_tokens, max_len - 1))
+    prompts = [(doc_id, ids[:prompt_len]) for doc_id, ids in docs if ids]
+    if not prompts:
+        return []
+    new_tokens = max(1, min(cfg.max_new_tokens, max_len - prompt_len))
+    decode = DecodeConfig(
+        draft_tokens=cfg.draft_tokens,
+        temperature=cfg.temperature,
+        max_new_tokens=new_tokens,
+        seed=cfg.seed + prompts[0][0],  # depends on the chunk, not on how the run was interrupted
+    )
+    rule = make_rule(cfg.generator, cfg.alpha)
+    generations = run(pair, rule, [ids for _, ids in prompts], decode, batch_size=cfg.batch_size)
+    windows = []
+    for (doc_id, prompt), gen in zip(prompts, generations):
+        sequence = prompt + [int(t) for t in gen.tokens]
+        windows += make_windows(doc_id, sequence, max_len, log_from=len(prompt) - 1)
+    return windows
+
+
+def log_chunk(pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, progress=None) -> dict[str, np.ndarray]:
+    """Rows of one chunk of (doc_id, text) documents, sorted by (doc_id, position).
+
+    `progress(n_positions)` is called after each batch (a tqdm update, for example).
+    """
+    max_len = effective_max_len(pair, cfg.max_len)
+    tokenized = [(doc_id, tokenize(pair, text)) for doc_id, text in documents]
+    if cfg.mode == "on-policy":
+        windows = _on_policy_windows(pair, tokenized, cfg, max_len)
+    else:
+        windows = [w for doc_id, ids in tokenized for w in make_windows(doc_id, ids, max_len)]
+    pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
+    parts = []
+    for batch in _batches(windows, cfg.batch_size):
+        rows = score_windows(pair, batch, cfg.hidden, pad_id=int(pad_id))
+        parts.append(rows)
+        if progress is not None:
+            progress(len(rows["doc_id"]))
+    if not parts:
+        return empty_rows(feature_spec(pair, cfg.hidden).dim)
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.lexsort((rows["position"], rows["doc_id"]))
+    return {k: v[order] for k, v in rows.items()}
+
+
+def empty_rows(feature_dim: int) -> dict[str, np.ndarray]:
+    from training.logged_data import COLUMNS
+
+    rows = {c: np.zeros(0) for c in COLUMNS}
+    rows["features"] = np.zeros((0, feature_dim), dtype=np.float32)
+    return rows
+
+
+def truncate_rows(rows: dict[str, np.ndarray], keep: int) -> dict[str, np.ndarray]:
+    return {k: v[:keep] for k, v in rows.items()}
+
