@@ -155,6 +155,7 @@ class LogJob:
 
         spec = feature_spec(pair, self.cfg.hidden)
         budget = self.position_budget()
+        fmt.remove_partial_shards(self.out, rank)
         done = fmt.finished_shards(self.out)
         logged = new = chunks_seen = docs_seen = 0
         start = time.perf_counter()

@@ -51,8 +51,14 @@ class LogConfig:
             raise DeferralError(f"--hidden {self.hidden} is unknown: choose one of {', '.join(HIDDEN_CHOICES)}")
         if self.mode not in MODES:
             raise DeferralError(f"--mode {self.mode} is unknown: choose reference or on-policy")
-        if self.mode == "on-policy" and self.prompt_tokens < 1:
-            raise DeferralError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}")
+        if self.mode == "on-policy":
+            from deferral.rules import make_rule
+
+            if self.prompt_tokens < 1:
+                raise DeferralError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}")
+            if self.generator == "drafter":
+                raise DeferralError("--generator drafter would log the drafter's own text: use target or a cascade rule")
+            make_rule(self.generator, self.alpha)  # an unknown rule or a missing alpha fails here, before any work
 
 
 @dataclass

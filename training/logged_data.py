@@ -138,6 +138,13 @@ def finished_shards(out: Path) -> dict[int, Path]:
     return found
 
 
+def remove_partial_shards(out: Path, rank: int) -> None:
+    """Delete temporary files a killed writer of this rank left behind (never counted as shards)."""
+    folder = shard_path(out, rank, 0).parent
+    for tmp in folder.glob(".chunk-*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
 def shard_rows(path: Path) -> int:
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all().num_rows

@@ -1,0 +1,53 @@
+"""Labels on hand-built logits, where every value can be worked out by hand."""
+
+import math
+
+import torch
+
+from deferral.labels import LABEL_DEFINITIONS, compute_labels
+
+
+def _logits(probs):
+    return torch.tensor(probs, dtype=torch.float32).log()
+
+
+def test_labels_by_hand():
+    # Vocabulary of 3. Row 0: q and p agree on token 0; row 1: they disagree.
+    q = _logits([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    p = _logits([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    reference = torch.tensor([1, 1])
+    drafted = torch.tensor([0, 0])
+    out = compute_labels(q, p, reference, drafted)
+    assert set(out) == set(LABEL_DEFINITIONS)
+    assert out["label_mismatch"].tolist() == [0, 1]
+    assert out["label_mismatch"].dtype == torch.int8
+    # min(1, p(x)/q(x)) with x = 0
+    torch.testing.assert_close(out["label_accept_prob"], torch.tensor([1.0, 0.2 / 0.6]))
+    # 1[argmax q != y] - 1[argmax p != y], y = 1: row 0 both wrong -> 0; row 1 q wrong, p right -> 1
+    assert out["label_gap01"].tolist() == [0.0, 1.0]
+    # -log q(y) + log p(y)
+    torch.testing.assert_close(
+        out["label_gap_nll"], torch.tensor([math.log(0.2 / 0.3), math.log(0.7 / 0.3)])
+    )
+    # TV = sum max(0, q - p)
+    torch.testing.assert_close(out["tv"], torch.tensor([0.1 + 0.1, 0.4]))
+
+
+def test_gap01_negative_when_only_drafter_right():
+    q = _logits([[0.1, 0.8, 0.1]])
+    p = _logits([[0.8, 0.1, 0.1]])
+    out = compute_labels(q, p, torch.tensor([1]), torch.tensor([1]))
+    assert out["label_gap01"].item() == -1.0
+    torch.testing.assert_close(out["label_accept_prob"], torch.tensor([0.1 / 0.8]))
+
+
+def test_oracle_deferral_from_gap_and_tv():
+    """gap > alpha * tv is computable at training time for any alpha from the logged columns."""
+    torch.manual_seed(0)
+    q, p = torch.randn(64, 20), torch.randn(64, 20)
+    y = torch.randint(0, 20, (64,))
+    out = compute_labels(q, p, y, q.argmax(-1))
+    assert ((out["tv"] >= 0) & (out["tv"] <= 1)).all()
+    defer_at_0 = out["label_gap01"] > 0
+    defer_at_inf = out["label_gap01"] > 1e9 * out["tv"]
+    assert defer_at_inf.sum() <= defer_at_0.sum()
