@@ -1,0 +1,100 @@
+"""Build the `learned` deferral rule from a router export folder, refusing one made for another pair."""
+
+from __future__ import annotations
+
+import torch
+
+from deferral.errors import DeferralError
+from deferral.features import FeatureSpec
+from deferral.router import Router, load_router
+from deferral.rules import Learned
+
+
+def pair_mismatch(trained: dict, loaded: dict) -> str | None:
+    """How the loaded pair's identity differs from the one a router was trained on, or None.
+
+    Both arguments are Pair.identity() dicts. The router's features are distributions of the
+    target over its tokenizer, so the tokenizer, the target's weights/config and the shared
+    vocabulary size must agree; the drafter may change.
+    """
+    t_old, t_new = trained.get("target", {}), loaded.get("target", {})
+    if trained.get("vocab_size") != loaded.get("vocab_size"):
+        return f"shared vocabulary {trained.get('vocab_size')} != {loaded.get('vocab_size')}"
+    if t_old.get("tokenizer_sha256") != t_new.get("tokenizer_sha256"):
+        return "the tokenizer differs"
+    if t_old.get("config_sha256") != t_new.get("config_sha256"):
+        return "the target model's config differs"
+    if t_old.get("sha256") and t_new.get("sha256") and t_old["sha256"] != t_new["sha256"]:
+        return "the target model's weights differ"
+    return None
+
+
+def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
+    """The score threshold: given directly, read off the calibration table for a deferral rate, or
+    the export's default."""
+    from training.calibration import threshold_for_rate
+
+    if threshold is not None and deferral_rate is not None:
+        raise DeferralError("give either --threshold or --deferral-rate, not both")
+    if threshold is not None:
+        return float(threshold)
+    table = meta.get("calibration")
+    if deferral_rate is not None:
+        if table and abs(float(table.get("alpha", 0.0)) - alpha) > 1e-12:
+            raise DeferralError(
+                f"the router's calibration table was built at alpha={table.get('alpha')}, not {alpha}: "
+                "drop --alpha or pass --threshold instead of --deferral-rate"
+            )
+        return threshold_for_rate(table, deferral_rate)
+    return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
+
+
+def make_scorer(router: Router):
+    """Wrap the router as the rule's scorer: (M, F) raw features -> (M,) scores, no autograd."""
+
+    def scorer(features: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return router.score(features)
+
+    return scorer
+
+
+def load_learned_rule(
+    router_dir: str,
+    pair,
+    threshold: float | None = None,
+    deferral_rate: float | None = None,
+    alpha: float | None = None,
+) -> Learned:
+    """The learned rule for `pair` from an export folder (see `deferral export`).
+
+    Raises DeferralError when the router was trained for another pair or another feature layout,
+    or when the threshold request cannot be met.
+    """
+    router, meta = load_router(router_dir, device=pair.device)
+    problem = pair_mismatch(meta.get("pair", {}), pair.identity())
+    if problem:
+        source = meta.get("pair", {}).get("target", {}).get("source", "?")
+        raise DeferralError(
+            f"router {router_dir} was trained for another pair ({problem}; trained with target '{source}'): "
+            "use the target it was trained with, or log this pair and train a router for it"
+        )
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    current = FeatureSpec(drafter_hidden=spec.drafter_hidden, target_hidden=spec.target_hidden)
+    feature_problem = current.mismatch(spec)
+    if feature_problem:
+        raise DeferralError(
+            f"router {router_dir} uses other features than this version computes ({feature_problem}): "
+            "re-log the data and retrain the router with this version"
+        )
+    if spec.drafter_hidden or spec.target_hidden:
+        raise DeferralError(f"router {router_dir} needs hidden-state features, which the decode loop does not pass yet")
+    alpha = float(meta.get("alpha", 0.0) if alpha is None else alpha)
+    chosen = resolve_threshold(meta, threshold, deferral_rate, alpha)
+    return Learned(
+        make_scorer(router),
+        threshold=chosen,
+        alpha=alpha,
+        candidates=int(meta.get("candidates", 1)),
+        feature_spec=spec,
+    )

@@ -1,0 +1,158 @@
+"""`deferral train`: LightningCLI over RouterModule + FeatureDataModule, tracked in MLflow.
+
+    deferral train fit --config configs/router.yaml [--data.path DIR] [--trainer.max_epochs N]
+                       [--trainer.default_root_dir DIR] [--print_config]
+
+Checkpoints go to <default_root_dir>/checkpoints (best.ckpt, last.ckpt) next to the MLflow run id;
+rerunning the same command resumes from last.ckpt in the same MLflow run. After fitting, the best
+checkpoint is tested on held-out documents, exported to <default_root_dir>/export, logged to the
+run (router folder, checkpoint, ROC/PR/reliability plots) and registered in the model registry
+under `mlflow.registered_model`@`mlflow.alias`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import MLFlowLogger
+
+from training import tracking
+from training.datamodule import FeatureDataModule
+from training.module import RouterModule
+
+
+@dataclass
+class MLflowSettings:
+    """Where and how the run is tracked.
+
+    tracking_uri: MLflow store (sqlite:///mlflow.db = a file in the working directory; see `mlflow ui`).
+    experiment_name: experiment the run goes into.
+    run_name: optional display name of the run.
+    artifact_location: artifact root of a newly created experiment (None = MLflow's default, ./mlruns).
+    registered_model: registry name the exported router is registered under (None = do not register).
+    alias: registry alias pointed at the new version.
+    """
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_name: str = "deferral-router"
+    run_name: str | None = None
+    artifact_location: str | None = None
+    registered_model: str | None = "deferral-router"
+    alias: str = "champion"
+
+
+class RouterCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(MLflowSettings, "mlflow")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auroc",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {"early_stopping.monitor": "val/auroc", "early_stopping.mode": "max", "early_stopping.patience": 3}
+        )
+        parser.link_arguments("data.num_features", "model.num_features", apply_on="instantiate")
+        parser.link_arguments("data.target", "model.target", apply_on="parse")
+
+    # --- resume bookkeeping ---------------------------------------------------------------
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._cfg()
+        root = Path(cfg.trainer.default_root_dir or ".")
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = str(root / "checkpoints")
+        self.checkpoint_dir = Path(cfg.checkpoint.dirpath)
+        self.export_dir = root / "export"
+        self.resume_run_id = None
+        last = self.checkpoint_dir / "last.ckpt"
+        if self.subcommand == "fit" and cfg.get("ckpt_path") is None and last.is_file():
+            cfg.ckpt_path = str(last)
+            self.resume_run_id = tracking.read_run_id(self.checkpoint_dir)
+            print(f"resuming from {last} (MLflow run {self.resume_run_id})", file=sys.stderr)
+
+    def instantiate_trainer(self, **kwargs):
+        s: MLflowSettings = self._get(self.config_init, "mlflow")
+        kwargs["logger"] = MLFlowLogger(
+            experiment_name=s.experiment_name,
+            run_name=s.run_name,
+            tracking_uri=s.tracking_uri,
+            artifact_location=s.artifact_location,
+            run_id=self.resume_run_id,
+            tags={"deferral.component": "router"},
+        )
+        return super().instantiate_trainer(**kwargs)
+
+    # --- fit hooks ---------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        logger = self.trainer.logger
+        tracking.write_run_id(self.checkpoint_dir, logger.run_id)
+        self.datamodule.setup("fit")
+        desc = self.datamodule.description()
+        tracking.log_params(
+            logger,
+            {
+                "data.positions": sum(v["positions"] for v in desc["splits"].values()),
+                "data.splits": desc["splits"],
+                "data.corpus": desc["corpus"],
+                "data.mode": desc["mode"],
+                "pair.target": self.datamodule.meta["pair"]["target"].get("source"),
+                "pair.drafter": self.datamodule.meta["pair"]["drafter"].get("source"),
+            },
+        )
+
+    def after_fit(self) -> None:
+        trainer, logger = self.trainer, self.trainer.logger
+        best = trainer.checkpoint_callback.best_model_path or str(self.checkpoint_dir / "last.ckpt")
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        test_metrics = {k[len("test/") :]: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
+
+        from training.export import export_checkpoint
+
+        if self.export_dir.exists():
+            shutil.rmtree(self.export_dir)
+        folder = export_checkpoint(best, self.export_dir, test_metrics=test_metrics)
+        tracking.log_folder(logger, folder, "router")
+        with tracking.scratch_dir() as tmp:
+            named = Path(tmp) / "best.ckpt"
+            shutil.copyfile(best, named)
+            tracking.log_file(logger, named, "checkpoints")
+        out = self.model.outputs.get("test")
+        if out is not None and len(out["y"]) and 0 < out["y"].mean() < 1:
+            tracking.log_figures(logger, tracking.curve_figures(out["score"], out["y"], self.datamodule.target))
+        s: MLflowSettings = self._get(self.config_init, "mlflow")
+        version = None
+        if s.registered_model:
+            version = tracking.register_export(logger, "router", s.registered_model, s.alias)
+        where = f"; registered {s.registered_model} v{version} @{s.alias}" if version else ""
+        print(
+            f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; "
+            f"exported to {folder}; MLflow run {logger.run_id} at {s.tracking_uri}{where}",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str]) -> int:
+    RouterCLI(
+        RouterModule,
+        FeatureDataModule,
+        args=argv,
+        seed_everything_default=1234,
+        save_config_callback=tracking.MLflowSaveConfig,
+        save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
+        parser_kwargs={"prog": "deferral train"},
+    )
+    return 0

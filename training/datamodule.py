@@ -1,0 +1,210 @@
+"""Logged positions as in-memory tensors, split by document, for router training.
+
+Splits are by document (doc_id), never by row: neighbouring positions of one document are strongly
+correlated, so a row split would leak. Normalisation statistics come from the training split only.
+Batches are slices of whole tensors (one fancy-index per batch, no per-row __getitem__), which
+keeps a million positions per epoch cheap on two cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from deferral.errors import DeferralError
+from deferral.features import FeatureSpec
+from training.logged_data import check_feature_spec, load_logged, read_meta
+
+# Named router targets: (logged column, rule turning the column into "deferral needed" = 1).
+TARGETS = {
+    "gap01": ("label_gap01", lambda v: v > 0, "the drafter's argmax is wrong where the target's is right"),
+    "gap_nll": ("label_gap_nll", lambda v: v > 0, "the drafter's log-loss on the reference token exceeds the target's"),
+    "mismatch": ("label_mismatch", lambda v: v > 0, "argmax q != argmax p"),
+    "reject": ("label_accept_prob", lambda v: v < 0.5, "the drafted token's acceptance probability min(1, p/q) < 0.5"),
+}
+SPLITS = ("train", "val", "test")
+
+
+def describe_target(target: str) -> str:
+    column, _, text = TARGETS[target]
+    return f"{target}: {text} (from {column})"
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise DeferralError(f"unknown router target '{target}': choose one of {', '.join(TARGETS)}")
+
+
+def split_documents(doc_ids: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Assign every row to train/val/test by its document -> {split: (N,) bool mask}.
+
+    Documents are shuffled with `seed`; val and test each get at least one document when there
+    are three or more.
+    """
+    docs = np.unique(doc_ids)
+    if docs.size < 3:
+        raise DeferralError(
+            f"the logged data holds {docs.size} document(s); train/val/test splits by document need at least 3: log more"
+        )
+    rng = np.random.default_rng(seed)
+    docs = rng.permutation(docs)
+    n_val = max(1, int(round(val_fraction * docs.size)))
+    n_test = max(1, int(round(test_fraction * docs.size)))
+    if n_val + n_test >= docs.size:
+        n_val = n_test = 1
+    groups = {"val": docs[:n_val], "test": docs[n_val : n_val + n_test], "train": docs[n_val + n_test :]}
+    return {name: np.isin(doc_ids, group) for name, group in groups.items()}
+
+
+@dataclass
+class LoggedArrays:
+    """Columns of a logged dataset as numpy arrays (features (N, F) float32, the rest (N,))."""
+
+    features: np.ndarray
+    columns: dict[str, np.ndarray]
+    meta: dict
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def read_arrays(path: str, limit_rows: int | None = None) -> LoggedArrays:
+    """Load a logged dataset into memory straight from its Arrow columns (no per-row conversion)."""
+    ds, meta = load_logged(path)
+    if len(ds) == 0:
+        raise DeferralError(f"{path} holds no logged positions: run `deferral log` to completion (or on more text)")
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    if limit_rows:
+        table = table.slice(0, limit_rows)
+    dim = FeatureSpec.from_dict(meta["feature_spec"]).dim
+    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    features = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
+    names = ["doc_id", "position", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv"]
+    columns = {n: table.column(n).to_numpy() for n in names}
+    return LoggedArrays(features=features, columns=columns, meta=meta)
+
+
+def binary_target(arrays: LoggedArrays, target: str) -> np.ndarray:
+    """(N,) float32 1 where deferral is needed under `target`."""
+    column, positive, _ = TARGETS[target]
+    return positive(arrays.columns[column].astype(np.float32)).astype(np.float32)
+
+
+def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
+    """(N,) float32 raw loss gap to regress (label_gap01 or label_gap_nll)."""
+    column = TARGETS[target][0]
+    if column not in ("label_gap01", "label_gap_nll"):
+        raise DeferralError(f"objective 'regress' needs a loss-gap target (gap01 or gap_nll), not '{target}'")
+    return arrays.columns[column].astype(np.float32)
+
+
+def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> TensorDataset:
+    """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,)."""
+    column = TARGETS[target][0]
+    y_reg = arrays.columns[column].astype(np.float32)
+    parts = [
+        arrays.features[mask],
+        binary_target(arrays, target)[mask],
+        y_reg[mask],
+        arrays.columns["tv"][mask].astype(np.float32),
+        arrays.columns["label_gap01"][mask].astype(np.float32),
+        arrays.columns["label_gap_nll"][mask].astype(np.float32),
+    ]
+    return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(p)) for p in parts))
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """A `deferral log` output folder, split by document into train/val/test tensors.
+
+    Args:
+        path: the logged dataset folder (`deferral log --out PATH`).
+        target: what "deferral needed" means: gap01, gap_nll, mismatch or reject (see TARGETS).
+        batch_size: training rows per step (large batches: the router is tiny).
+        eval_batch_size: rows per validation/test step.
+        val_fraction, test_fraction: shares of documents held out.
+        split_seed: seed of the document shuffle that decides the splits.
+        limit_rows: use only the first N logged rows (quick experiments).
+    """
+
+    def __init__(
+        self,
+        path: str = "logs/stdlib",
+        target: str = "gap01",
+        batch_size: int = 8192,
+        eval_batch_size: int = 65536,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        limit_rows: int | None = None,
+    ):
+        super().__init__()
+        check_target(target)
+        self.save_hyperparameters()
+        self.path, self.target = path, target
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.limit_rows = limit_rows
+        self.arrays: LoggedArrays | None = None
+        self.datasets: dict[str, TensorDataset] = {}
+        self.meta: dict = {}
+        self.mean = self.std = None
+        self.pos_rate = 0.0
+
+    @property
+    def num_features(self) -> int:
+        """Feature width read from the log's meta.json (linked into model.num_features)."""
+        return FeatureSpec.from_dict(read_meta(self.path)["feature_spec"]).dim
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.arrays is not None:
+            return
+        arrays = read_arrays(self.path, self.limit_rows)
+        check_feature_spec(arrays.meta, FeatureSpec.from_dict(arrays.meta["feature_spec"]))
+        check_feature_spec(arrays.meta, FeatureSpec())  # the decode loop computes the current layout
+        masks = split_documents(arrays.columns["doc_id"], self.val_fraction, self.test_fraction, self.split_seed)
+        self.arrays, self.meta = arrays, arrays.meta
+        self.datasets = {name: split_tensors(arrays, masks[name], self.target) for name in SPLITS}
+        train_x = self.datasets["train"].tensors[0]
+        self.mean, self.std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+        self.pos_rate = float(self.datasets["train"].tensors[1].mean())
+        self.split_sizes = {
+            name: {"positions": int(masks[name].sum()), "documents": int(np.unique(arrays.columns["doc_id"][masks[name]]).size)}
+            for name in SPLITS
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[split]
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.split_seed + (self.trainer.current_epoch if self.trainer else 0))
+            sampler = RandomSampler(data, generator=generator)
+            size = self.batch_size
+        else:
+            sampler, size = SequentialSampler(data), self.eval_batch_size
+        # batch_size=None + a BatchSampler: each step indexes the tensors once with a list of rows.
+        return DataLoader(data, batch_size=None, sampler=BatchSampler(sampler, size, drop_last=False), num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def description(self) -> dict:
+        """What the router is trained on, for router.json and the card."""
+        return {
+            "path": str(self.path),
+            "target": self.target,
+            "target_definition": describe_target(self.target),
+            "corpus": self.meta.get("corpus"),
+            "mode": self.meta.get("mode"),
+            "splits": getattr(self, "split_sizes", None),
+            "split_seed": self.split_seed,
+            "positive_rate_train": self.pos_rate,
+        }
