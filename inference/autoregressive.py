@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from deferral.probs import sampling_probs
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation
-from inference.speculative import draw
+from inference.speculative import draw_from_logits
 
 
 @torch.inference_mode()
@@ -33,12 +32,12 @@ def autoregressive_generate(
     last = ids[:, -1]
     [last] = state.drop([r for r in range(len(prompts)) if state.commit(r, [])], [lm], last)
     while state.active:
-        logits = lm.forward(last[:, None])[:, -1]
-        last = draw(sampling_probs(logits, cfg.temperature, cfg.top_p), cfg, generator)
+        logits = lm.forward(last[:, None], last_only=True)[:, -1]  # (B, V)
+        last = draw_from_logits(logits, cfg, generator)
         finished = []
-        for r in range(last.shape[0]):
+        for r, token in enumerate(last.tolist()):
             state.count(r, **{counter: 1})
-            if state.commit(r, [int(last[r])]):
+            if state.commit(r, [token]):
                 finished.append(r)
         [last] = state.drop(finished, [lm], last)
     return state.results()

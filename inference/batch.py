@@ -27,7 +27,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 def prefill(lm: CachedLM, ids: torch.Tensor, valid: torch.Tensor) -> None:
     """Feed every prompt token but the last (the invariant of CachedLM). No-op for 1-token prompts."""
     if ids.shape[1] > 1:
-        lm.forward(ids[:, :-1], valid[:, :-1])
+        lm.forward(ids[:, :-1], valid[:, :-1], last_only=True)  # logits unused: skip the output projection
     else:  # initialise the row bookkeeping with an empty cache
         lm.valid = torch.zeros(ids.shape[0], 0, dtype=torch.long, device=lm.device)
         lm.positions = torch.zeros(ids.shape[0], dtype=torch.long, device=lm.device)

@@ -19,6 +19,10 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _supports_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 class CachedLM:
     """Wraps a transformers causal LM for incremental decoding over a batch of rows.
 
@@ -32,6 +36,7 @@ class CachedLM:
         self.model = model
         self.vocab_size = vocab_size
         self._cache_kwarg = _cache_kwarg(model)
+        self._logits_to_keep = _supports_logits_to_keep(model)
         self.cache = DynamicCache(config=model.config)
         self.device = next(model.parameters()).device
         self.valid = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (B, L) 1 = real entry
@@ -39,8 +44,10 @@ class CachedLM:
         self.calls = 0
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Feed (B, n) tokens; `valid` (B, n) marks padding as 0. Returns (B, n, V) float logits."""
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Feed (B, n) tokens; `valid` (B, n) marks padding as 0. Returns (B, n, V) float logits, or
+        (B, 1, V) for the last position only with `last_only` (skips the output projection elsewhere,
+        which dominates a small model's cost and a long prefill's)."""
         b, n = tokens.shape
         if valid is None:
             valid = torch.ones(b, n, dtype=torch.long, device=self.device)
@@ -49,31 +56,36 @@ class CachedLM:
             self.positions = torch.zeros(b, dtype=torch.long, device=self.device)
         position_ids = self.positions[:, None] + valid.cumsum(-1) - 1  # (B, n)
         self.valid = torch.cat([self.valid, valid], dim=-1)
+        extra = {"logits_to_keep": 1} if last_only and self._logits_to_keep else {}
         out = self.model(
             input_ids=tokens,
             attention_mask=self.valid,
             position_ids=position_ids.clamp_min(0),
             use_cache=True,
             **{self._cache_kwarg: self.cache},
+            **extra,
         )
         self.positions = self.positions + valid.sum(-1)
         self.calls += 1
-        return out.logits[..., : self.vocab_size].float()
+        logits = out.logits[..., : self.vocab_size]
+        return (logits[:, -1:] if last_only else logits).float()
 
     def rollback(self, fed: int, kept: torch.Tensor) -> None:
-        """Of the last `fed` tokens fed, row i keeps its first kept[i]; the rest become holes.
+        """Of the last `fed` columns fed, row i keeps its first kept[i]; the rest become holes.
 
-        kept: (B,) int64 in [0, fed].
+        kept: (B,) int64 in [0, fed]. Columns that were already holes stay holes.
         """
-        b = self.valid.shape[0]
+        if fed <= 0:
+            return
         offsets = torch.arange(fed, device=self.device)[None, :]  # (1, fed)
-        self.valid[:, -fed:] *= (offsets < kept[:, None]).long()
-        self.positions = self.positions - (fed - kept)
-        # Drop trailing columns that no row uses.
+        tail = self.valid[:, -fed:]  # a view: masking it edits self.valid
+        dropped = tail * (offsets >= kept[:, None]).long()  # (B, fed) valid entries now rejected
+        self.positions = self.positions - dropped.sum(-1)
+        tail -= dropped
+        # Drop trailing columns that no row uses (at batch size 1: every rejected column).
         used = self.valid.any(0).nonzero()
         length = int(used.max()) + 1 if used.numel() else 0
-        drop = self.valid.shape[1] - length
-        if drop > 0 and b > 0:
+        if length < self.valid.shape[1] and self.valid.shape[0] > 0:
             self._crop_to(length)
 
     def _crop_to(self, length: int) -> None:

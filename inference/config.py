@@ -15,6 +15,9 @@ class DecodeConfig:
     max_new_tokens: int = 128
     seed: int = 0
     stop_at_eos: bool = True
+    # Adaptive drafting: stop a step's drafting early once the drafter's confidence (max q) at the
+    # next position falls below this floor in every row (None = always draft K tokens).
+    draft_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:

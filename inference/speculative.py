@@ -1,13 +1,20 @@
 """The speculative-cascade decode loop (Narasimhan et al., Algorithm 4/5) for a batch of prompts.
 
 Per step, for B rows in lockstep:
-  1. draft K tokens with the drafter (K one-token forwards, KV-cached);
-  2. score [last committed token, K drafts] with the target in ONE forward: p at K + 1 positions;
+  1. draft k <= K tokens with the drafter (k one-token forwards, KV-cached; with an adaptive floor,
+     drafting stops early once the drafter's confidence drops below it in every row);
+  2. score [last committed token, k drafts] with the target in ONE forward: p at k + 1 positions;
   3. build π at each drafted position with the rule;
   4. keep draft j with probability min(1, π(x_j)/q(x_j)), left to right, up to the first rejection;
-  5. replace the first rejected draft by a draw from norm(max(0, π − q)), or, when all K were kept,
-     add a bonus token drawn from π at position K + 1 (which needs q there: one more drafter forward);
+  5. replace the first rejected draft by a draw from norm(max(0, π − q)), or, when all k were kept,
+     add a bonus token drawn from π at position k + 1;
   6. roll both caches back to the accepted prefix (rejected entries become holes or are cropped).
+
+Two savings keep the loop close to the cost of its forward passes:
+- the bonus token's π needs q at position k + 1 only when the rule reads q there. Lossless
+  speculative decoding (π = p) does not, so the drafter skips feeding the last draft and takes it
+  together with the bonus token (two tokens in one forward) at the start of the next step;
+- greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from deferral.probs import sample, sampling_probs, softmax_fp32
-from deferral.rules import DeferralRule, StepDistributions
+from deferral.rules import DeferralRule, StepDistributions, TargetOnly
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
@@ -40,6 +47,149 @@ def draw(probs: torch.Tensor, cfg: DecodeConfig, generator) -> torch.Tensor:
     return probs.argmax(-1) if cfg.temperature <= 0 else sample(probs, generator)
 
 
+def draw_from_logits(logits: torch.Tensor, cfg: DecodeConfig, generator) -> torch.Tensor:
+    """(N, V) logits -> (N,) tokens drawn from the sampling distribution (argmax at temperature 0)."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    return sample(sampling_probs(logits, cfg.temperature, cfg.top_p), generator)
+
+
+def is_lossless(rule: DeferralRule) -> bool:
+    """π = p at every position: the bonus token needs no q, and greedy acceptance is an argmax match."""
+    return isinstance(rule, TargetOnly)
+
+
+class SpeculativeDecoder:
+    """State of one batch of rows decoded by a speculative cascade; `step()` advances every row once.
+
+    Cache invariant between steps: the target has been fed every committed token but `last`; the
+    drafter every committed token but `last` and, in rows where `pending` >= 0, the token before it.
+    """
+
+    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context):
+        self.rule, self.cfg = rule, cfg
+        self.state = BatchState(prompts, cfg, eos_ids, max_context)
+        self.d_lm, self.t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
+        self.device = self.d_lm.device
+        self.pad_id = pad_id
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.lossless = is_lossless(rule)
+        ids, valid = left_pad(prompts, pad_id, self.device)
+        prefill(self.d_lm, ids, valid)
+        prefill(self.t_lm, ids, valid)
+        for row in range(len(prompts)):
+            self.state.count(row, drafter_calls=ids.shape[1] > 1, target_calls=ids.shape[1] > 1)
+        self.last = ids[:, -1]  # (B,) last committed token of each row
+        self.pending: torch.Tensor | None = None  # (B,) committed token the drafter still lacks, or -1
+        done = [r for r in range(len(prompts)) if self.state.commit(r, [])]
+        self._drop(done)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.state.active)
+
+    def _drop(self, finished: list[int]) -> None:
+        tensors = [self.last] if self.pending is None else [self.last, self.pending]
+        kept = self.state.drop(finished, [self.d_lm, self.t_lm], *tensors)
+        self.last = kept[0]
+        self.pending = kept[1] if self.pending is not None else None
+
+    def _first_drafter_input(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 1) = [last], or (B, 2) = [pending, last] with a (B, 2) validity mask."""
+        if self.pending is None:
+            return self.last[:, None], None
+        has = self.pending >= 0
+        tokens = torch.stack([torch.where(has, self.pending, self.pad_id), self.last], dim=1)
+        valid = torch.stack([has.long(), torch.ones_like(self.last)], dim=1)
+        return tokens, valid
+
+    def _draft(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Draft up to K tokens: q_logits (B, k, V), drafts (B, k), and q at position k + 1 when
+        adaptive drafting stopped early (the drafter has then already fed every draft)."""
+        cfg, floor = self.cfg, self.cfg.draft_confidence
+        tokens, valid = self._first_drafter_input()
+        q_steps, drafts = [], []
+        for j in range(cfg.draft_tokens):
+            logits = self.d_lm.forward(tokens, valid, last_only=True)[:, -1]  # (B, V)
+            if floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all()):
+                return torch.stack(q_steps, 1), torch.stack(drafts, 1), logits
+            token = draw_from_logits(logits, cfg, self.generator)
+            q_steps.append(logits)
+            drafts.append(token)
+            tokens, valid = token[:, None], None
+        return torch.stack(q_steps, 1), torch.stack(drafts, 1), None
+
+    def step(self) -> None:
+        cfg, b = self.cfg, self.last.shape[0]
+        q_logits, drafts, q_after = self._draft()
+        k = drafts.shape[1]
+        fed_last = q_after is not None  # whether the drafter has fed drafts[:, -1]
+
+        # Score the block with the target: p_logits (B, k + 1, V).
+        p_logits = self.t_lm.forward(torch.cat([self.last[:, None], drafts], dim=1))
+        rows = torch.arange(b, device=self.device)
+
+        if self.lossless and cfg.temperature <= 0:
+            # Greedy, π = p: a draft is kept iff it is the target's argmax; the next token is the
+            # target's argmax after the kept prefix (correction or bonus alike).
+            p_arg = p_logits.argmax(-1)  # (B, k + 1)
+            n_kept = (drafts == p_arg[:, :k]).long().cumprod(-1).sum(-1)  # (B,)
+            next_token = p_arg[rows, n_kept]
+            deferred = torch.ones(b, k, dtype=torch.bool, device=self.device)
+        else:
+            d = rule_inputs(q_logits.flatten(0, 1), p_logits[:, :k].flatten(0, 1), drafts.flatten(), cfg)
+            out = self.rule.target(d)
+            pi, q_sample = out.pi.view(b, k, -1), d.q_sample.view(b, k, -1)
+            n_kept = accept_drafts(pi, q_sample, drafts, self.generator)  # (B,)
+            at = n_kept.clamp_max(k - 1)
+            next_token = residual_sample(pi[rows, at], q_sample[rows, at], self.generator)
+            all_kept = n_kept == k
+            if bool(all_kept.any()):
+                if self.lossless:  # π = p: the bonus needs no q
+                    bonus = draw_from_logits(p_logits[:, k], cfg, self.generator)
+                else:
+                    if q_after is None:  # one more drafter forward, over the last draft
+                        q_after = self.d_lm.forward(drafts[:, -1:], last_only=True)[:, -1]  # (B, V)
+                        fed_last = True
+                    bonus_d = rule_inputs(q_after, p_logits[:, k], torch.full_like(self.last, -1), cfg)
+                    bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
+                next_token = torch.where(all_kept, bonus, next_token)
+            deferred = out.deferred.view(b, k)
+
+        # Roll back. The target fed [last, drafts] and keeps last + the kept drafts. After its first
+        # forward (which fed committed tokens only) the drafter fed drafts[:-1], plus drafts[-1] if
+        # it computed q after it.
+        self.t_lm.rollback(k + 1, 1 + n_kept)
+        d_fed = k - 1 + int(fed_last)
+        self.d_lm.rollback(d_fed, n_kept.clamp_max(d_fed))
+        self.pending = None
+        if not fed_last:
+            lacks = n_kept == k  # rows that keep every draft, the last of which the drafter never fed
+            if bool(lacks.any()):
+                self.pending = torch.where(lacks, drafts[:, -1], -1)
+        self._commit(drafts, n_kept, next_token, deferred, drafter_calls=k + int(fed_last))
+
+    def _commit(self, drafts, n_kept, next_token, deferred, drafter_calls: int) -> None:
+        """Append each row's kept drafts and next token; update statistics; drop finished rows."""
+        k = drafts.shape[1]
+        at = n_kept.clamp_max(k - 1)
+        examined = torch.arange(k, device=self.device)[None, :] <= at[:, None]  # up to the first rejection
+        n_deferred = (deferred & examined).sum(-1).tolist()
+        n_examined = examined.sum(-1).tolist()
+        kept = n_kept.tolist()
+        new = torch.cat([drafts, next_token[:, None]], dim=1).tolist()  # one sync for the whole batch
+        finished = []
+        for r, n in enumerate(kept):
+            self.state.count(
+                r, drafter_calls=drafter_calls, target_calls=1, drafted=k, accepted=n,
+                deferred=n_deferred[r], examined=n_examined[r],
+            )
+            if self.state.commit(r, new[r][:n] + [new[r][k]]):
+                finished.append(r)
+        self.last = next_token
+        self._drop(finished)
+
+
 @torch.inference_mode()
 def speculative_generate(
     drafter,
@@ -53,71 +203,7 @@ def speculative_generate(
     max_context: int,
 ) -> list[Generation]:
     """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`."""
-    state = BatchState(prompts, cfg, eos_ids, max_context)
-    d_lm, t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
-    device = d_lm.device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    ids, valid = left_pad(prompts, pad_id, device)
-    prefill(d_lm, ids, valid)
-    prefill(t_lm, ids, valid)
-    for row in range(len(prompts)):
-        state.count(row, drafter_calls=ids.shape[1] > 1, target_calls=ids.shape[1] > 1)
-    last = ids[:, -1]  # (B,) last committed token of each row
-    k = cfg.draft_tokens
-    [last] = state.drop([r for r in range(len(prompts)) if state.commit(r, [])], [d_lm, t_lm], last)
-
-    while state.active:
-        b = last.shape[0]
-        # 1. Draft K tokens: q_logits (B, K, V), drafts (B, K).
-        q_steps, draft_steps, token = [], [], last
-        for _ in range(k):
-            logits = d_lm.forward(token[:, None])[:, -1]
-            token = draw(sampling_probs(logits, cfg.temperature, cfg.top_p), cfg, generator)
-            q_steps.append(logits)
-            draft_steps.append(token)
-        q_logits, drafts = torch.stack(q_steps, 1), torch.stack(draft_steps, 1)
-
-        # 2. Score the block with the target: p_logits (B, K + 1, V).
-        p_logits = t_lm.forward(torch.cat([last[:, None], drafts], dim=1))
-
-        # 3-4. π at the drafted positions and the number of kept drafts per row: n_kept (B,).
-        d = rule_inputs(q_logits.flatten(0, 1), p_logits[:, :k].flatten(0, 1), drafts.flatten(), cfg)
-        out = rule.target(d)
-        pi = out.pi.view(b, k, -1)
-        q_sample = d.q_sample.view(b, k, -1)
-        n_kept = accept_drafts(pi, q_sample, drafts, generator)
-
-        # 5. The token after the kept drafts: a residual draw at the first rejection, else a bonus.
-        rows = torch.arange(b, device=device)
-        at = n_kept.clamp_max(k - 1)
-        next_token = residual_sample(pi[rows, at], q_sample[rows, at], generator)
-        all_kept = n_kept == k
-        extra_drafter_call = bool(all_kept.any())
-        if extra_drafter_call:
-            q_bonus = d_lm.forward(drafts[:, -1:])[:, -1]  # q at position K + 1, (B, V)
-            bonus_d = rule_inputs(q_bonus, p_logits[:, k], torch.full_like(last, -1), cfg)
-            bonus = draw(rule.target(bonus_d).pi, cfg, generator)
-            next_token = torch.where(all_kept, bonus, next_token)
-
-        # 6. Roll back: the target fed K + 1 tokens and keeps 1 + n_kept; the drafter fed K (+1).
-        t_lm.rollback(k + 1, 1 + n_kept)
-        d_lm.rollback(k + int(extra_drafter_call), 1 + n_kept)
-
-        deferred = out.deferred.view(b, k)
-        examined = torch.arange(k, device=device)[None, :] <= at[:, None]  # up to the first rejection
-        finished = []
-        for r in range(b):
-            kept = int(n_kept[r])
-            state.count(
-                r,
-                drafter_calls=k + int(extra_drafter_call),
-                target_calls=1,
-                drafted=k,
-                accepted=kept,
-                deferred=int((deferred[r] & examined[r]).sum()),
-                examined=int(examined[r].sum()),
-            )
-            if state.commit(r, drafts[r, :kept].tolist() + [int(next_token[r])]):
-                finished.append(r)
-        [last] = state.drop(finished, [d_lm, t_lm], next_token)
-    return state.results()
+    decoder = SpeculativeDecoder(drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context)
+    while decoder.active:
+        decoder.step()
+    return decoder.state.results()

@@ -53,3 +53,18 @@ def make_model(folder: Path, layers: int, hidden: int, seed: int, vocab_pad: int
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def make_noisy_copy(source: Path, folder: Path, noise: float, seed: int = 0):
+    """Save a copy of the model in `source` with Gaussian noise (std `noise` x each tensor's std) added
+    to every weight: a drafter that agrees with its source on part of the tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * noise * param.std().clamp_min(1e-6))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
