@@ -208,11 +208,16 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     return name, None, split or "train"
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
 def _hf_corpus(spec: str, column: str, config: str | None) -> Corpus:
     import datasets
 
     path = Path(spec.partition(":")[0])
-    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+    if _is_saved_dataset(path):
         split = spec.partition(":")[2] or "train"
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -260,8 +265,10 @@ def open_corpus(spec: str, text_column: str = "text", txt_docs: str = "paragraph
         files = stdlib_files(part)
         extra = {"part": part, "heldout_percent": STDLIB_HELDOUT_PERCENT, "python": sys.version.split()[0]}
         return _many_files_corpus("stdlib", spec, files, stdlib_root(), _read_text_once, extra)
+    if _is_saved_dataset(Path(head)):
+        return _hf_corpus(spec, text_column, hf_config)
     path = Path(spec)
-    if path.is_dir() and not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+    if path.is_dir():
         files = sorted(
             (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
              and not any(part.startswith(".") for part in p.relative_to(path).parts)),
