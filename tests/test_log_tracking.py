@@ -1,0 +1,28 @@
+"""A logging run records its parameters, corpus, position counts and throughput in MLflow."""
+
+from __future__ import annotations
+
+from tests.test_log import log_args, write_corpus
+from training import logged_data as fmt
+from training.log_cli import main as log_main
+
+
+def test_run_is_tracked(tiny_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
+
+    corpus = write_corpus(tmp_path / "c.txt", docs=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [a for a in log_args(tiny_dir, corpus, tmp_path / "out") if a != "--no-tracking"]
+    assert log_main([*args, "--tracking-uri", uri, "--experiment", "log-test"]) == 0
+    ds, _ = fmt.load_logged(tmp_path / "out")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("log-test").experiment_id])
+    assert run.data.params["data"] == str(corpus)
+    assert run.data.params["max_len"] == "48"
+    assert run.data.metrics["total_positions"] == ds.num_rows
+    assert run.data.metrics["positions_per_s"] > 0
+    assert run.data.tags["corpus.kind"] == "files"
+    artifacts = [f.path for f in client.list_artifacts(run.info.run_id)]
+    assert "corpus.json" in artifacts
