@@ -1,0 +1,351 @@
+"""`deferral distill`: distil a small drafter for a target (knowledge distillation, Lightning).
+
+Stages, each cached in the run folder (`--out`) so a rerun of the same command resumes:
+1. corpus   code and English prose from local folders, split by package into train / held-out; token blocks.
+2. on-policy  the target's own replies to chat-formatted prompts and continuations of corpus prefixes.
+3. fit      KL(target || drafter) per token, the target computed on the fly; checkpoints; resumes from "last".
+4. report   teacher-forced greedy agreement on each held-out set; a Hugging Face folder (`--export`) with a card.
+
+`--measure-only --drafter DIR` measures an existing drafter on the same held-out sets, plus its per-token
+decode cost relative to the target (batch 1, KV-cached, `--threads` CPU threads).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from inference.generate import parse
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="deferral distill", description=__doc__, exit_on_error=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    p.add_argument("--target", type=str | None, default=None,
+                   help="target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", type=str, default="float32", help="dtype the target is loaded in")
+    p.add_argument("--out", type=str, default="runs/distill", help="run folder: data cache, checkpoints, metrics")
+    p.add_argument("--export", type=str | None, default=None, help="write the drafter here as a Hugging Face folder")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, splits, sampling and initialisation")
+    # corpus
+    p.add_argument("--data", type=list[str], default=["stdlib", "site-packages"],
+                   help="corpus folders, or stdlib / site-packages / docs (this Python's files, /usr/share/doc)")
+    p.add_argument("--tokenizer", type=str | None, default=None,
+                   help="tokenizer folder for the corpus stage (default: the target's); must equal the target's")
+    p.add_argument("--max-code-chars", type=int, default=200_000_000, help="cap on code characters read")
+    p.add_argument("--max-prose-chars", type=int, default=100_000_000, help="cap on prose characters read")
+    p.add_argument("--min-english", type=float, default=0.6, help="share of letters in words a prose text needs")
+    p.add_argument("--heldout-fraction", type=float, default=0.03, help="share of packages held out (by name hash)")
+    p.add_argument("--heldout-units", type=list[str], default=[], help="packages/modules always held out")
+    p.add_argument("--block-size", type=int, default=512, help="tokens per training row")
+    # on-policy
+    p.add_argument("--chat-prompts", type=int, default=0, help="chat-formatted prompts the target answers")
+    p.add_argument("--heldout-chat-prompts", type=int, default=0, help="chat prompts from held-out text (evaluation)")
+    p.add_argument("--raw-prompts", type=int, default=0, help="corpus prefixes the target continues")
+    p.add_argument("--prefix-tokens", type=int, default=64, help="length of each corpus prefix")
+    p.add_argument("--max-prompt-tokens", type=int, default=384, help="longer chat prompts are skipped")
+    p.add_argument("--new-tokens", type=int, default=256, help="tokens the target generates per prompt")
+    p.add_argument("--generate-batch-size", type=int, default=256, help="prompts generated together")
+    p.add_argument("--onpolicy-temperature", type=float, default=0.7, help="target sampling temperature (0 = greedy)")
+    p.add_argument("--mix", type=dict[str, float], default={"code": 1.0, "prose": 1.0, "onpolicy": 1.0},
+                   help="repeat factor of each training source (0.5 = half its blocks, 2 = twice)")
+    # drafter
+    p.add_argument("--init", type=str | None, default=None, help="start from this Hugging Face folder instead")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    # optimisation
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all (the cosine schedule's length)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--topk", type=int | None, default=None, help="KL to the target's top-k only (default: full)")
+    p.add_argument("--precision", type=str, default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
+    p.add_argument("--max-minutes", type=float | None, default=None, help="stop fitting after this long (resume later)")
+    p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
+    p.add_argument("--val-blocks", type=int, default=64, help="held-out blocks per set used during fitting")
+    p.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks per set in the final report")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save the `last` checkpoint every N steps")
+    # tracking and modes
+    p.add_argument("--tracking-uri", type=str, default="sqlite:///mlflow.db", help="MLflow store; 'none' = files only")
+    p.add_argument("--experiment", type=str, default="distill", help="MLflow experiment name")
+    p.add_argument("--prepare-only", action="store_true", help="build the corpus stage and stop")
+    p.add_argument("--measure-only", action="store_true", help="measure --drafter on the held-out sets and stop")
+    p.add_argument("--drafter", type=str | None, default=None, help="drafter to measure (--measure-only)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the cost measurement")
+    p.add_argument("--log-run", type=str | None, default=None, help="copy a finished run folder into MLflow and stop")
+    return p
+
+
+def _check_args(args) -> None:
+    for name in ("steps", "batch_size", "block_size", "val_blocks", "eval_blocks", "new_tokens", "generate_batch_size"):
+        if getattr(args, name) < 1:
+            raise DeferralError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.heldout_fraction < 1:
+        raise DeferralError("--heldout-fraction must be in [0, 1)")
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        raise DeferralError("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads")
+    unknown = set(args.mix) - {"code", "prose", "onpolicy"}
+    if unknown:
+        raise DeferralError(f"--mix has unknown sources {sorted(unknown)}: use code, prose, onpolicy")
+
+
+def _separator(tokenizer) -> int:
+    for candidate in (tokenizer.eos_token_id, tokenizer.pad_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def prepare_corpus(args, tokenizer, path: Path) -> dict:
+    """Stage 1, cached in `path`: token blocks per split and kind, and chat prompts."""
+    from training.distill_data import chat_prompts, pack_blocks, read_documents, resolve_roots, split_documents, tokenize
+
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    started = time.time()
+    roots = resolve_roots(args.data)
+    docs = read_documents(roots, {"code": args.max_code_chars, "prose": args.max_prose_chars}, args.min_english)
+    train, heldout = split_documents(docs, args.heldout_fraction, args.heldout_units)
+    if not any(d.kind == "code" for d in train) and not any(d.kind == "prose" for d in train):
+        raise DeferralError(f"the corpus {args.data} gave no training text: add folders with .py/.md/.rst/.txt files")
+    sep = _separator(tokenizer)
+    corpus: dict = {"stats": {"roots": [str(r) for r in roots]}}
+    for split, split_docs in (("train", train), ("heldout", heldout)):
+        for kind in ("code", "prose"):
+            texts = [d.text for d in split_docs if d.kind == kind]
+            ids = tokenize(tokenizer, texts)
+            blocks = pack_blocks(ids, args.block_size, sep)
+            corpus[f"{split}_{kind}"] = blocks
+            corpus["stats"][f"{split}_{kind}"] = {
+                "documents": len(texts), "units": len({d.unit for d in split_docs if d.kind == kind}),
+                "tokens": int(sum(len(i) for i in ids)), "blocks": int(blocks.shape[0])}
+    corpus["stats"]["heldout_units"] = sorted({d.unit for d in heldout})[:200]
+    gen = torch.Generator().manual_seed(args.seed)
+    corpus["chat_train"] = chat_prompts(train, args.chat_prompts, gen)
+    corpus["chat_heldout"] = chat_prompts(heldout, args.heldout_chat_prompts, gen)
+    corpus["stats"]["seconds"] = round(time.time() - started, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(corpus, path)
+    return corpus
+
+
+def prepare_onpolicy(args, target, corpus: dict, path: Path) -> dict:
+    """Stage 2, cached in `path`: blocks of the target's own continuations (train and held-out chat)."""
+    from training.distill_data import pack_blocks, raw_prefixes
+    from training.distill_onpolicy import chat_encode, continuations
+
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    started = time.time()
+    tok = target.tokenizer
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    sep = _separator(tok)
+    eos = sorted({i for i in (tok.eos_token_id, sep) if i is not None})
+    train_pool = torch.cat([corpus["train_code"], corpus["train_prose"]])
+    prompts = chat_encode(tok, corpus["chat_train"], args.max_prompt_tokens)
+    prompts += raw_prefixes(train_pool, args.raw_prompts, args.prefix_tokens, gen)
+    heldout_prompts = chat_encode(tok, corpus["chat_heldout"], args.max_prompt_tokens)
+    common = dict(max_new_tokens=args.new_tokens, batch_size=args.generate_batch_size,
+                  temperature=args.onpolicy_temperature, pad_id=sep, eos_ids=eos)
+    device = next(target.model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        seqs = continuations(target.model, prompts, seed=args.seed, **common) if prompts else []
+        held = continuations(target.model, heldout_prompts, seed=args.seed + 7, **common) if heldout_prompts else []
+    out = {"train": pack_blocks(seqs, args.block_size, sep), "heldout_chat": pack_blocks(held, args.block_size, sep),
+           "stats": {"train_sequences": len(seqs), "train_tokens": sum(map(len, seqs)),
+                     "heldout_sequences": len(held), "heldout_tokens": sum(map(len, held)),
+                     "seconds": round(time.time() - started, 1)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+def mix_blocks(parts: dict[str, torch.Tensor], factors: dict[str, float], seed: int) -> torch.Tensor:
+    """Repeat each source `factor` times (fractional part: a seeded random subset of its rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for name, blocks in parts.items():
+        f = float(factors.get(name, 1.0))
+        if blocks.numel() == 0 or f <= 0:
+            continue
+        whole, frac = int(f), f - int(f)
+        chosen += [blocks] * whole
+        if frac > 0:
+            chosen.append(blocks[torch.randperm(blocks.shape[0], generator=gen)[: int(frac * blocks.shape[0])]])
+    if not chosen:
+        raise DeferralError("no training blocks: the corpus is smaller than one --block-size row, or --mix is all 0")
+    return torch.cat(chosen)
+
+
+def build_student(args, target):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from training.distill_export import student_config
+
+    if args.init:
+        return AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    torch.manual_seed(args.seed)
+    config = student_config(target.model.config, args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads)
+    return LlamaForCausalLM(config)
+
+
+def held_out_sets(corpus: dict, onpolicy: dict | None, limit: int) -> dict[str, torch.Tensor]:
+    sets = {"code": corpus["heldout_code"][:limit], "prose": corpus["heldout_prose"][:limit]}
+    if onpolicy is not None:
+        sets["chat"] = onpolicy["heldout_chat"][:limit]
+    return {k: v for k, v in sets.items() if v.shape[0] > 0}
+
+
+def _card(args, argv: list[str], summary: dict) -> str:
+    final = summary["final"]
+    lines = [
+        "# Distilled drafter", "",
+        f"A {args.layers}-layer, {args.hidden}-hidden Llama drafter (tied embeddings, "
+        f"{summary['student_params'] / 1e6:.1f}M parameters) distilled from `{summary['target']}` by `deferral distill`.", "",
+        "## Command", "", "```", "deferral distill " + " ".join(argv), "```", "",
+        "## Data", "", "```json", json.dumps(summary["data"], indent=1), "```", "",
+        "## Compute", "", f"- device: {summary['device_name']}; fit wall time {summary['fit_seconds']:.0f} s; "
+        f"{summary['steps_done']} steps of {args.batch_size} x {args.block_size} tokens", "",
+        "## Held-out agreement (teacher-forced greedy top-1, never trained on)", "",
+        "| set | agreement | KL | tokens |", "| --- | --- | --- | --- |",
+    ]
+    for name in ("code", "prose", "chat"):
+        if f"agree_{name}" in final:
+            lines.append(f"| {name} | {final[f'agree_{name}']:.4f} | {final[f'kl_{name}']:.3f} | {final[f'tokens_{name}']} |")
+    return "\n".join(lines) + "\n"
+
+
+def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from training.distill_eval import agreement
+    from training.distill_export import export_drafter
+    from training.distill_module import BlockDataModule, DistillModule
+    from training.distill_tracking import make_loggers
+
+    vocab = int(target.model.get_output_embeddings().weight.shape[0])
+    student = build_student(args, target)
+    if student.get_output_embeddings().weight.shape[0] < vocab:
+        raise DeferralError("--init drafter has a smaller vocabulary than the target: use a drafter of the same tokenizer")
+    train = mix_blocks({"code": corpus["train_code"], "prose": corpus["train_prose"], "onpolicy": onpolicy["train"]},
+                       args.mix, args.seed)
+    val = held_out_sets(corpus, onpolicy, args.val_blocks)
+    data = BlockDataModule(train, val, args.batch_size, args.seed, val_batch_size=max(1, args.batch_size // 2))
+    module = DistillModule(student, target.model, vocab, lr=args.lr, weight_decay=args.weight_decay,
+                           warmup_steps=args.warmup_steps, total_steps=args.steps, topk=args.topk)
+    ckpt_dir = run / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                 every_n_train_steps=args.checkpoint_every)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
+        max_steps=args.steps, max_epochs=-1, max_time={"minutes": args.max_minutes} if args.max_minutes else None,
+        val_check_interval=min(args.val_every, max(1, train.shape[0] // args.batch_size)),
+        check_val_every_n_epoch=None, gradient_clip_val=1.0, log_every_n_steps=10, num_sanity_val_steps=0,
+        logger=make_loggers(run, args.tracking_uri, args.experiment, run.name), callbacks=[checkpoint],
+        enable_model_summary=False, default_root_dir=str(run),
+    )
+    started = time.time()
+    resume = "last" if any(ckpt_dir.glob("last*.ckpt")) else None
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    fit_seconds = time.time() - started
+    trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))  # also when max_time stopped the fit mid-interval
+
+    student.eval()
+    final: dict = {"steps": trainer.global_step}
+    dtype = torch.bfloat16 if args.precision.startswith("bf16") else None
+    for name, blocks in held_out_sets(corpus, onpolicy, args.eval_blocks).items():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            m = agreement(student.to(device), target.model.to(device), blocks, vocab, batch_size=16, desc=name)
+        final.update({f"agree_{name}": m["agreement"], f"kl_{name}": m["kl"], f"tokens_{name}": m["tokens"]})
+    summary = {
+        "run_name": run.name, "args": {k: v for k, v in vars(args).items() if k != "config"},
+        "target": target.source, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or "cpu", "fit_seconds": fit_seconds, "steps_done": trainer.global_step,
+        "student_params": sum(p.numel() for p in student.parameters()), "train_blocks": int(train.shape[0]),
+        "data": {"corpus": corpus["stats"], "onpolicy": onpolicy["stats"]}, "final": final,
+        "finished": trainer.global_step >= args.steps,
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "MLFlowLogger":
+            logger.log_metrics({f"final/{k}": float(v) for k, v in final.items()})
+    if args.export:
+        export_drafter(student, target.tokenizer, args.export, card=_card(args, argv, summary), summary=final)
+    return summary
+
+
+def measure(args, run: Path) -> dict:
+    from deferral.pair import load_pair
+    from training.distill_cost import relative_cost
+    from training.distill_eval import agreement
+
+    if not args.drafter:
+        raise DeferralError("--measure-only needs --drafter DIR (the drafter to measure)")
+    pair = load_pair(args.drafter, args.target, device="cpu")
+    corpus = prepare_corpus(args, pair.tokenizer, run / "data" / "corpus.pt")
+    onpolicy_path = run / "data" / "onpolicy.pt"
+    onpolicy = torch.load(onpolicy_path, weights_only=True) if onpolicy_path.is_file() else None
+    torch.set_num_threads(args.threads)
+    out: dict = {"drafter": args.drafter, "target": pair.target.source}
+    for name, blocks in held_out_sets(corpus, onpolicy, args.eval_blocks).items():
+        m = agreement(pair.drafter.model, pair.target.model, blocks, pair.vocab_size, batch_size=4, desc=name)
+        out[f"agree_{name}"], out[f"tokens_{name}"] = m["agreement"], m["tokens"]
+    out.update(relative_cost(pair.drafter.model, pair.target.model, pair.vocab_size, rounds=5))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = parse(build_parser(), argv)
+    if args.log_run:
+        from training.distill_tracking import log_run
+
+        print(json.dumps({"mlflow_run_id": log_run(args.log_run, args.tracking_uri, args.experiment)}))
+        return 0
+    _check_args(args)
+    import lightning as L
+
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    if args.measure_only:
+        print(json.dumps(measure(args, run)))
+        return 0
+    from deferral.default_target import default_target_gguf
+    from deferral.pair import load_model
+
+    if args.prepare_only and args.tokenizer:
+        from transformers import AutoTokenizer
+
+        corpus = prepare_corpus(args, AutoTokenizer.from_pretrained(args.tokenizer), run / "data" / "corpus.pt")
+        print(json.dumps(corpus["stats"], indent=1))
+        return 0
+    target = load_model(args.target or str(default_target_gguf()), args.device, args.dtype, role="target")
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(args.tokenizer).get_vocab() != target.tokenizer.get_vocab():
+            raise DeferralError(f"--tokenizer {args.tokenizer} differs from the target's: drop --tokenizer")
+    corpus = prepare_corpus(args, target.tokenizer, run / "data" / "corpus.pt")
+    print(json.dumps(corpus["stats"]), file=sys.stderr)
+    if args.prepare_only:
+        return 0
+    onpolicy = prepare_onpolicy(args, target, corpus, run / "data" / "onpolicy.pt")
+    print(json.dumps(onpolicy["stats"]), file=sys.stderr)
+    summary = fit_and_report(args, argv, target, corpus, onpolicy, run)
+    print(json.dumps(summary["final"]))  # one line, last: scripts read it
+    return 0
