@@ -149,44 +149,54 @@ class LogJob:
             yield chunk, batch
             chunk += 1
 
-    def run(self, pair, rank: int = 0, show_progress: bool = True) -> dict:
-        """Log every chunk of this rank that has no finished shard yet; return counts for tracking."""
+    def rank_chunks(self, rank: int) -> Iterator[tuple[int, list[tuple[int, str]]]]:
+        """This rank's chunks: chunk c belongs to rank c % world."""
+        for chunk, docs in self.chunks():
+            if chunk % self.world == rank:
+                yield chunk, docs
+
+    def start(self, rank: int) -> "Tally":
+        """Clean up after a killed writer of this rank and note which shards are finished."""
+        fmt.remove_partial_shards(self.out, rank)
+        return Tally(done=fmt.finished_shards(self.out), start=time.perf_counter())
+
+    def log_one(self, pair, rank: int, chunk: int, docs: list[tuple[int, str]], tally: "Tally", bar=None) -> bool:
+        """Log one chunk unless its shard is finished; False once this rank's position budget is spent."""
+        budget = self.position_budget()
+        if budget is not None and tally.logged >= budget:
+            return False
+        tally.docs += len(docs)
+        if chunk in tally.done:  # finished by an earlier (interrupted) run
+            rows_done = fmt.shard_rows(tally.done[chunk])
+            tally.logged += rows_done
+            if bar is not None:
+                bar.update(rows_done)
+            return True
+        rows = log_chunk(pair, docs, self.cfg, progress=bar.update if bar is not None else None)
+        if budget is not None and tally.logged + len(rows["doc_id"]) > budget:
+            rows = truncate_rows(rows, budget - tally.logged)
+        table = fmt.arrow_table(rows, feature_spec(pair, self.cfg.hidden).dim)
+        fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
+        tally.logged += table.num_rows
+        tally.new += table.num_rows
+        if bar is not None:
+            bar.set_postfix(docs=tally.docs, shard=chunk)
+        return True
+
+    def progress_bar(self, rank: int, show: bool):
         from tqdm import tqdm
 
-        spec = feature_spec(pair, self.cfg.hidden)
-        budget = self.position_budget()
-        fmt.remove_partial_shards(self.out, rank)
-        done = fmt.finished_shards(self.out)
-        logged = new = chunks_seen = docs_seen = 0
-        start = time.perf_counter()
-        bar = tqdm(total=budget, unit="pos", desc=f"logging rank {rank}" if self.world > 1 else "logging",
-                   disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
-        try:
-            for chunk, docs in self.chunks():
-                chunks_seen += 1
-                docs_seen += len(docs)
-                if chunk % self.world != rank:
-                    continue
-                if budget is not None and logged >= budget:
+        return tqdm(total=self.position_budget(), unit="pos", desc="logging", disable=not show or rank != 0,
+                    dynamic_ncols=True, smoothing=0.1)
+
+    def run(self, pair, rank: int = 0, show_progress: bool = True) -> dict:
+        """Log every chunk of this rank that has no finished shard yet; return counts for tracking."""
+        tally = self.start(rank)
+        with self.progress_bar(rank, show_progress) as bar:
+            for chunk, docs in self.rank_chunks(rank):
+                if not self.log_one(pair, rank, chunk, docs, tally, bar):
                     break
-                if chunk in done:
-                    rows_done = fmt.shard_rows(done[chunk])
-                    logged += rows_done
-                    bar.update(rows_done)
-                    continue
-                rows = log_chunk(pair, docs, self.cfg, progress=bar.update)
-                if budget is not None and logged + len(rows["doc_id"]) > budget:
-                    rows = truncate_rows(rows, budget - logged)
-                table = fmt.arrow_table(rows, spec.dim)
-                fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
-                logged += table.num_rows
-                new += table.num_rows
-                bar.set_postfix(docs=docs_seen, shards=chunk + 1)
-        finally:
-            bar.close()
-        wall = time.perf_counter() - start
-        return {"positions": logged, "new_positions": new, "documents": docs_seen, "chunks": chunks_seen,
-                "wall_s": wall, "positions_per_s": new / wall if wall > 0 else 0.0}
+        return tally.stats()
 
     def finalize(self, feature_dim: int) -> dict:
         """After every rank finished: check the result, write the datasets index and progress.json."""
@@ -201,6 +211,22 @@ class LogJob:
         progress = {"complete": True, "shards": len(shards), "positions": positions}
         fmt.write_json_atomic(self.out / "progress.json", progress)
         return progress
+
+
+@dataclass
+class Tally:
+    """Counts of one rank's run."""
+
+    done: dict
+    start: float
+    logged: int = 0  # positions in this rank's shards, finished earlier or now
+    new: int = 0  # positions logged by this process
+    docs: int = 0
+
+    def stats(self) -> dict:
+        wall = time.perf_counter() - self.start
+        return {"positions": self.logged, "new_positions": self.new, "documents": self.docs, "wall_s": wall,
+                "positions_per_s": self.new / wall if wall > 0 else 0.0}
 
 
 def require_documents(corpus: Corpus) -> None:
