@@ -72,7 +72,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--topk", type=int | None, default=None, help="KL to the target's top-k only (default: full)")
     p.add_argument("--precision", type=str, default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
-    p.add_argument("--max-minutes", type=float | None, default=None, help="stop fitting after this long (resume later)")
+    p.add_argument("--max-minutes", type=float | None, default=None, help="stop fitting once the command has run this many minutes (rerun to resume)")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
     p.add_argument("--val-blocks", type=int, default=64, help="held-out blocks per set used during fitting")
     p.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks per set in the final report")
@@ -227,6 +227,17 @@ def _card(args, argv: list[str], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STARTED = time.time()
+
+
+def _fit_time_left(args) -> dict | None:
+    """What is left of --max-minutes, counted from the command's start (data stages included)."""
+    if not args.max_minutes:
+        return None
+    left = args.max_minutes * 60 - (time.time() - _STARTED)
+    return {"seconds": max(1.0, left)}
+
+
 def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -252,7 +263,7 @@ def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
-        max_steps=args.steps, max_epochs=-1, max_time={"minutes": args.max_minutes} if args.max_minutes else None,
+        max_steps=args.steps, max_epochs=-1, max_time=_fit_time_left(args),
         val_check_interval=min(args.val_every, max(1, train.shape[0] // args.batch_size)),
         check_val_every_n_epoch=None, gradient_clip_val=1.0, log_every_n_steps=10, num_sanity_val_steps=0,
         logger=make_loggers(run, args.tracking_uri, args.experiment, run.name), callbacks=[checkpoint],
@@ -309,6 +320,8 @@ def measure(args, run: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    global _STARTED
+    _STARTED = time.time()
     args = parse(build_parser(), argv)
     if args.log_run:
         from training.distill_tracking import log_run
