@@ -1,0 +1,276 @@
+"""`deferral evaluate`: sweep every rule's knob on a task and write the cost-quality frontier.
+
+Writes into --out: results.jsonl (one row per rule, mode, knob and K, appended as each completes),
+generations.jsonl (the decoded texts), tables.md, quality_vs_latency.png, quality_vs_deferral.png,
+and run.json (the setup; a rerun with the same setup skips finished rows, another setup is refused).
+The same results go to MLflow (one run per output folder, resumed on rerun).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from tqdm import tqdm
+
+from deferral.errors import DeferralError
+from deferral.rules import HAND_SET_RULES
+from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
+from inference.tasks import TASK_NAMES
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral evaluate", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    add_pair_arguments(parser)
+    parser.add_argument("--task", type=str, default="humaneval", help=f"one of: {', '.join(TASK_NAMES)}")
+    parser.add_argument("--limit", type=int | None, default=None, help="use the task's first N examples")
+    parser.add_argument("--raw-prompts", action="store_true",
+                        help="humaneval: give raw function stubs even when the target has a chat template")
+    parser.add_argument("--prompt-column", type=str, default="prompt", help="hf task: the prompt column")
+    parser.add_argument("--reference-column", type=str, default="reference", help="hf task: the reference column")
+    parser.add_argument("--rules", type=list[str], default=list(HAND_SET_RULES),
+                        help="rules to sweep (target, drafter and lossless speculative are always included)")
+    parser.add_argument("--modes", type=list[str], default=["speculative", "sequential"],
+                        help="speculative and/or sequential cascades")
+    parser.add_argument("--draft-tokens-list", type=list[int] | None, default=None,
+                        help="K values for speculative points (default: --draft-tokens)")
+    parser.add_argument("--alpha-points", type=int, default=5, help="α values per hand-set rule, spread over its range")
+    parser.add_argument("--alphas", type=dict[str, list[float]] | None, default=None,
+                        help="explicit α values per rule, e.g. {chow: [0.2, 0.5]} (overrides --alpha-points)")
+    parser.add_argument("--router", type=str | None, default=None, help="router export folder for the learned rule")
+    parser.add_argument("--deferral-rates", type=list[float] | None, default=None,
+                        help="learned rule: deferral rates to sweep (the router's calibration picks thresholds)")
+    parser.add_argument("--thresholds", type=list[float] | None, default=None,
+                        help="learned rule: score thresholds to sweep (instead of --deferral-rates)")
+    add_decode_arguments(parser)
+    parser.add_argument("--no-fidelity", action="store_true",
+                        help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
+    parser.add_argument("--out", type=str, default="evaluation", help="output folder (resumed when it exists)")
+    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
+    parser.add_argument("--experiment", type=str, default="deferral-evaluate", help="MLflow experiment name")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    return parser
+
+
+class ResultsStore:
+    """results.jsonl + generations.jsonl + run.json in one folder; appends and resumes."""
+
+    def __init__(self, out: Path, setup: dict):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.results, self.generations, self.meta_path = out / "results.jsonl", out / "generations.jsonl", out / "run.json"
+        self.meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        if self.meta and self.meta.get("setup") != setup:
+            changed = sorted(k for k in setup if self.meta["setup"].get(k) != setup[k])
+            raise DeferralError(
+                f"{out} holds results of another setup (different {', '.join(changed) or 'settings'}): "
+                "pass another --out or delete that folder"
+            )
+        self.meta["setup"] = setup
+        self._save_meta()
+        self.rows = self._read(self.results)
+        self.done = {row["key"] for row in self.rows}
+        self._drop_unfinished()
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by an interruption: that row is redone
+        return rows
+
+    def _drop_unfinished(self) -> None:
+        """After an interruption: keep only complete rows, and only the generations of those rows."""
+        if self.results.is_file() and len(self.results.read_text().splitlines()) != len(self.rows):
+            self.results.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        generations = self._read(self.generations)
+        kept = [g for g in generations if g["key"] in self.done]
+        if len(kept) != len(generations):
+            self.generations.write_text("".join(json.dumps(g) + "\n" for g in kept))
+
+    def _save_meta(self) -> None:
+        self.meta_path.write_text(json.dumps(self.meta, indent=1, default=str))
+
+    def replies(self, key: str) -> list[str] | None:
+        texts = {}
+        for row in self._read(self.generations):
+            if row["key"] == key:
+                texts[row["index"]] = row["text"]
+        return [texts[i] for i in sorted(texts)] if texts else None
+
+    def append(self, row: dict, replies: list[str], tokens: list[list[int]]) -> None:
+        # Generations first: a row in results.jsonl means its texts are on disk.
+        with open(self.generations, "a") as f:
+            for i, (text, ids) in enumerate(zip(replies, tokens)):
+                f.write(json.dumps({"key": row["key"], "index": i, "text": text, "tokens": ids}) + "\n")
+        with open(self.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.rows.append(row)
+        self.done.add(row["key"])
+
+    def set_meta(self, **values) -> None:
+        self.meta.update(values)
+        self._save_meta()
+
+
+def make_task_from_args(args, pair):
+    from inference.tasks import make_task
+
+    chat = None
+    if args.task == "humaneval":
+        chat = bool(getattr(pair.tokenizer, "chat_template", None)) and not args.raw_prompts
+    elif args.chat:
+        chat = True
+    return make_task(args.task, limit=args.limit, chat=chat, seed=args.seed,
+                     prompt_column=args.prompt_column, reference_column=args.reference_column)
+
+
+def alphas_for(args) -> dict[str, list[float]]:
+    from inference.evaluate import alpha_grid
+
+    explicit = args.alphas or {}
+    unknown = set(explicit) - set(HAND_SET_RULES)
+    if unknown:
+        raise DeferralError(f"alphas given for unknown rule(s) {sorted(unknown)}: use {', '.join(HAND_SET_RULES)}")
+    return {r: explicit.get(r) or alpha_grid(r, args.alpha_points) for r in args.rules if r in HAND_SET_RULES}
+
+
+def learned_knob(args) -> tuple[str, list[float]] | None:
+    if "learned" not in args.rules:
+        return None
+    if not args.router:
+        raise DeferralError("rule 'learned' needs --router DIR (an export from `deferral export`)")
+    if (args.deferral_rates is None) == (args.thresholds is None):
+        raise DeferralError("rule 'learned' needs exactly one of --deferral-rates or --thresholds")
+    if args.deferral_rates is not None:
+        if not all(0.0 <= r <= 1.0 for r in args.deferral_rates):
+            raise DeferralError(f"--deferral-rates must lie in [0, 1], got {args.deferral_rates}")
+        return "deferral_rate", args.deferral_rates
+    return "threshold", args.thresholds
+
+
+def rule_factory(args, pair):
+    from inference.evaluate import hand_set_rule
+
+    def build(point):
+        if point.rule != "learned":
+            return hand_set_rule(point)
+        from inference.learned import load_learned_rule
+
+        return load_learned_rule(args.router, pair, **{point.knob_name: point.knob})
+
+    return build
+
+
+def short_name(source: str) -> str:
+    return Path(source).name.removesuffix(".gguf") or source
+
+
+def run_name(args, pair, task) -> str:
+    rules = ",".join(args.rules)
+    return f"evaluate {task.name} | {short_name(pair.drafter.source)} -> {short_name(pair.target.source)} | {rules}"
+
+
+def sweep(args, pair, task, store: ResultsStore, points, cfg) -> None:
+    """Decode every point not yet in the store, appending each row as it completes."""
+    from inference.evaluate import decode_point, fidelity, summarize, warm_up
+    from inference.runner import encode_prompts
+
+    examples = task.examples()
+    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    build_rule = rule_factory(args, pair)
+    todo = [p for p in points if p.key not in store.done]
+    if len(todo) < len(points):
+        print(f"resuming: {len(points) - len(todo)} of {len(points)} rows already in {store.results}", file=sys.stderr)
+    if todo:
+        warm_up(pair, prompts, cfg)
+    bar = tqdm(todo, desc="sweep", unit="row", file=sys.stderr)
+    for point in bar:
+        bar.set_postfix_str(point.key)
+        generations, wall_s = decode_point(pair, build_rule(point), point, prompts, cfg, args.batch_size)
+        replies = [pair.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in generations]
+        metrics = task.score(examples, replies)
+        if not args.no_fidelity:
+            target_replies = replies if point.rule == "target" else store.replies(points[0].key)
+            metrics.update(fidelity(pair, prompts, generations, replies, target_replies))
+        target_row = next((r for r in store.rows if r["rule"] == "target"), None)
+        target_wall = wall_s if point.rule == "target" else target_row["wall_s"]
+        row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key)
+        store.append(row, replies, [g.tokens for g in generations])
+        tqdm.write(
+            f"{point.key}: {task.quality_key}={row['quality']:.3f} relative latency={row['relative_latency']:.2f} "
+            f"deferral={row['deferral_rate'] if row['deferral_rate'] is not None else float('nan'):.2f}",
+            file=sys.stderr,
+        )
+
+
+def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: dict) -> str:
+    """Log setup, frontier metrics, the results table and the output files to one MLflow run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_experiment(args.experiment)
+    run_id = store.meta.get("mlflow_run_id")
+    try:
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
+    except Exception:  # the stored run is gone (another tracking store): start afresh
+        run = mlflow.start_run(run_name=name)
+    with run:
+        store.set_meta(mlflow_run_id=run.info.run_id)
+        setup = store.meta["setup"]
+        mlflow.log_params({k: json.dumps(v, default=str)[:500] for k, v in setup.items()})
+        mlflow.set_tags({"rules": ",".join(args.rules), "modes": ",".join(args.modes)})
+        for row in store.rows:
+            if row["mode"] == "baseline" or row["rule"] == "speculative":
+                prefix = row["rule"] + (f"/K{row['draft_tokens']}" if row["draft_tokens"] else "")
+                mlflow.log_metrics({f"{prefix}/quality": row["quality"], f"{prefix}/relative_latency": row["relative_latency"]})
+        for (rule, mode), summary in summaries.items():
+            mlflow.log_metrics({f"{rule}/{mode}/{k}": float(v) for k, v in summary.items() if v is not None})
+        columns = [k for k in store.rows[0] if k != "metrics"]
+        mlflow.log_table({c: [r[c] for r in store.rows] for c in columns}, artifact_file="results_table.json")
+        for path in [store.results, store.meta_path, *paths.values()]:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+def main(argv: list[str]) -> int:
+    from deferral.pair import load_pair
+    from inference.evaluate import plan_sweep
+    from inference.report import summaries, write_report
+
+    args = parse(build_parser(), argv)
+    cfg = decode_config(args)
+    ks = args.draft_tokens_list or [args.draft_tokens]
+    points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args))
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    task = make_task_from_args(args, pair)
+    setup = {
+        "pair": pair.identity(),
+        "task": task.describe(),
+        "decode": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                   "seed": cfg.seed},
+        "batch_size": args.batch_size,
+        "fidelity": not args.no_fidelity,
+    }
+    store = ResultsStore(Path(args.out), setup)
+    sweep(args, pair, task, store, points, cfg)
+    wanted = {p.key for p in points}
+    rows = [r for r in store.rows if r["key"] in wanted]
+    name = run_name(args, pair, task)
+    paths = write_report(rows, store.out, name)
+    print(paths["tables"].read_text())
+    if not args.no_mlflow:
+        run_id = log_to_mlflow(args, store, name, paths, summaries(rows))
+        print(f"MLflow run {run_id} in {args.tracking_uri} (experiment '{args.experiment}')", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in [store.results, *paths.values()])}", file=sys.stderr)
+    return 0

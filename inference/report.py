@@ -1,0 +1,153 @@
+"""Turn results rows into frontier metrics, markdown tables and PNG plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from inference.evaluate import BASELINE
+from inference.metrics import area_under_frontier, cost_for_gap_fraction, speedup_at_matched_quality
+
+
+def references(rows: list[dict]) -> dict[str, dict]:
+    """The target-only, drafter-only and best lossless speculative rows, by name."""
+    out = {}
+    for row in rows:
+        if row["mode"] == BASELINE:
+            out[row["rule"]] = row
+        elif row["rule"] == "speculative":
+            best = out.get("speculative")
+            if best is None or row["relative_latency"] < best["relative_latency"]:
+                out["speculative"] = row
+    return out
+
+
+def curves(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Rows of each swept (rule, mode), every K together, sorted by relative latency."""
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["mode"] != BASELINE and row["rule"] != "speculative":
+            grouped[(row["rule"], row["mode"])].append(row)
+    return {key: sorted(group, key=lambda r: r["relative_latency"]) for key, group in grouped.items()}
+
+
+def frontier_summary(group: list[dict], refs: dict[str, dict]) -> dict:
+    """Speed-up at matched target quality, area under the quality-latency frontier (over budgets
+    from the drafter's latency to the target's), deferral rate for 50% / 80% of the quality gap."""
+    target, drafter = refs["target"], refs["drafter"]
+    latency_points = [(r["relative_latency"], r["quality"]) for r in group]
+    anchors = [(drafter["relative_latency"], drafter["quality"]), (1.0, target["quality"])]
+    rate_points = [(r["deferral_rate"], r["quality"]) for r in group if r["deferral_rate"] is not None]
+    rate_points += [(0.0, drafter["quality"]), (1.0, target["quality"])]
+    low = min(drafter["relative_latency"], 1.0 - 1e-9)
+    return {
+        "speedup_at_target_quality": speedup_at_matched_quality(latency_points, target["quality"]),
+        "area_under_frontier": area_under_frontier(latency_points + anchors, low, 1.0),
+        "deferral_rate_50pct_gap": cost_for_gap_fraction(rate_points, drafter["quality"], target["quality"], 0.5),
+        "deferral_rate_80pct_gap": cost_for_gap_fraction(rate_points, drafter["quality"], target["quality"], 0.8),
+        "best_quality": max(r["quality"] for r in group),
+        "points": len(group),
+    }
+
+
+def summaries(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    refs = references(rows)
+    if "target" not in refs or "drafter" not in refs:
+        return {}
+    return {key: frontier_summary(group, refs) for key, group in curves(rows).items()}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _knob(row: dict) -> str:
+    return "—" if row["knob"] is None else f"{row['knob_name']}={row['knob']:g}"
+
+
+ROW_COLUMNS = ["knob", "K", "quality", "relative latency", "speed-up", "tokens / target call",
+               "target calls / token", "deferral rate", "acceptance"]
+
+
+def _row_cells(row: dict) -> list[str]:
+    return [
+        _knob(row), str(row["draft_tokens"] or "—"), _fmt(row["quality"]), _fmt(row["relative_latency"]),
+        _fmt(1.0 / row["relative_latency"] if row["relative_latency"] else None, 2),
+        _fmt(row["tokens_per_target_call"], 2), _fmt(row["target_calls_per_token"]),
+        _fmt(row["deferral_rate"]), _fmt(row["acceptance_rate"]),
+    ]
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def markdown_report(rows: list[dict], title: str) -> str:
+    """A summary table over rules, the references, and one table per (rule, mode) with its knob sweep."""
+    refs, groups, sums = references(rows), curves(rows), summaries(rows)
+    quality_key = rows[0]["quality_key"] if rows else "quality"
+    lines = [f"# {title}", "", f"Quality: `{quality_key}`. Relative latency: wall-clock over the target alone "
+             "in the same run. Matched quality: within 1% of the target's.", ""]
+    lines += ["## Summary", ""]
+    lines += _table(
+        ["rule", "mode", "speed-up at target quality", "area under frontier", "deferral rate for 50% gap",
+         "deferral rate for 80% gap", "best quality", "points"],
+        [[rule, mode, _fmt(s["speedup_at_target_quality"], 2), _fmt(s["area_under_frontier"]),
+          _fmt(s["deferral_rate_50pct_gap"]), _fmt(s["deferral_rate_80pct_gap"]), _fmt(s["best_quality"]),
+          str(s["points"])] for (rule, mode), s in sums.items()],
+    )
+    lines += ["", "## References", ""]
+    ref_rows = [r for r in rows if r["mode"] == BASELINE or r["rule"] == "speculative"]
+    lines += _table(["rule"] + ROW_COLUMNS, [[r["rule"]] + _row_cells(r) for r in ref_rows])
+    for (rule, mode), group in groups.items():
+        lines += ["", f"## {rule} ({mode})", ""]
+        lines += _table(ROW_COLUMNS, [_row_cells(r) for r in sorted(group, key=lambda r: (r["draft_tokens"], r["knob"]))])
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], x_key: str, x_label: str, title: str, path: Path):
+    """Quality against `x_key` for every swept (rule, mode), references marked; saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for (rule, mode), group in curves(rows).items():
+        group = sorted((r for r in group if r[x_key] is not None), key=lambda r: r[x_key])
+        ax.plot([r[x_key] for r in group], [r["quality"] for r in group], marker="o", markersize=4,
+                linestyle="-" if mode == "speculative" else "--", label=f"{rule} ({mode})")
+    refs = references(rows)
+    markers = {"target": ("*", "black", "target only"), "drafter": ("s", "gray", "drafter only"),
+               "speculative": ("D", "red", "lossless speculative")}
+    for name, (marker, color, label) in markers.items():
+        row = refs.get(name)
+        if row is not None and row[x_key] is not None:
+            ax.scatter([row[x_key]], [row["quality"]], marker=marker, color=color, s=120, zorder=5, label=label)
+    if "target" in refs:
+        ax.axhline(refs["target"]["quality"], color="black", linestyle=":", linewidth=0.8)
+    quality_key = rows[0]["quality_key"] if rows else "quality"
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(quality_key)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def write_report(rows: list[dict], out: Path, title: str) -> dict[str, Path]:
+    """Write tables.md, quality_vs_latency.png and quality_vs_deferral.png into `out`."""
+    import matplotlib.pyplot as plt
+
+    paths = {"tables": out / "tables.md", "latency_plot": out / "quality_vs_latency.png",
+             "deferral_plot": out / "quality_vs_deferral.png"}
+    paths["tables"].write_text(markdown_report(rows, title))
+    plt.close(plot(rows, "relative_latency", "relative latency (target only = 1)", title, paths["latency_plot"]))
+    plt.close(plot(rows, "deferral_rate", "deferral rate", title, paths["deferral_plot"]))
+    return paths

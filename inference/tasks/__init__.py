@@ -1,0 +1,31 @@
+"""Evaluation tasks: HumanEval pass@1, held-out stdlib continuation, any prompt/reference dataset."""
+
+from __future__ import annotations
+
+from deferral.errors import DeferralError
+from inference.tasks.base import Example, Task
+
+TASK_NAMES = ["humaneval", "stdlib", "hf:<dataset or file>"]
+
+
+def make_task(spec: str, limit: int | None = None, chat: bool | None = None, seed: int = 0,
+              prompt_column: str = "prompt", reference_column: str = "reference") -> Task:
+    """Build a task from its command-line name. `chat=None` uses each task's own default."""
+    if spec == "humaneval":
+        from inference.tasks.humaneval import HumanEval
+
+        return HumanEval(limit=limit, chat=True if chat is None else chat)
+    if spec == "stdlib":
+        from inference.tasks.stdlib_continuation import StdlibContinuation
+
+        if chat:
+            raise DeferralError("the stdlib task continues raw source text: drop --chat")
+        return StdlibContinuation(limit=limit or 50, seed=seed)
+    if spec.startswith("hf:"):
+        from inference.tasks.hf_dataset import HFDataset
+
+        return HFDataset(spec[3:], prompt_column, reference_column, limit=limit, chat=bool(chat))
+    raise DeferralError(f"unknown task '{spec}': choose one of {', '.join(TASK_NAMES)}")
+
+
+__all__ = ["Example", "Task", "TASK_NAMES", "make_task"]

@@ -1,0 +1,82 @@
+"""Continuation of held-out standard-library code: reference metrics and fidelity to the target.
+
+Held-out files are the `stdlib:heldout` part that `deferral log` never trains on (a fixed tenth of
+the standard library, chosen by a hash of each file's relative path: `training.corpora.is_heldout`),
+without the codec tables. Each example cuts one file at a line: the prompt is up to `context_lines`
+lines before the cut, the reference the next `reference_lines` lines. The model continues the raw
+text (no chat template).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from deferral.errors import DeferralError
+from inference.tasks.base import Example, Task
+from inference.tasks.text_metrics import mean_metrics, reference_metrics
+from training.corpora import is_heldout, stdlib_files, stdlib_root
+
+SKIPPED_PACKAGES = ("encodings/",)  # codec tables: data, not code
+
+
+def cut_examples(
+    files: list[tuple[str, str]], count: int, context_lines: int, reference_lines: int, seed: int
+) -> list[Example]:
+    """Cut (name, text) files into at most `count` examples, one per file, at a seeded line.
+
+    The cut lands before a non-blank line that has at least `reference_lines` lines after it and
+    `min(context_lines, 10)` before it.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(files)))
+    rng.shuffle(order)
+    examples = []
+    for index in order:
+        if len(examples) >= count:
+            break
+        name, text = files[index]
+        lines = text.split("\n")
+        earliest = min(context_lines, 10)
+        cuts = [i for i in range(earliest, len(lines) - reference_lines) if lines[i].strip()]
+        if not cuts:
+            continue
+        cut = rng.choice(cuts)
+        prompt = "\n".join(lines[max(0, cut - context_lines) : cut]) + "\n"
+        reference = "\n".join(lines[cut : cut + reference_lines])
+        examples.append(Example(id=f"{name}:{cut + 1}", prompt=prompt, reference=reference))
+    return examples
+
+
+class StdlibContinuation(Task):
+    name = "stdlib"
+    quality_key = "chrf"
+    chat = False
+
+    def __init__(self, limit: int = 50, context_lines: int = 40, reference_lines: int = 4, seed: int = 0,
+                 root: str | Path | None = None):
+        self.limit, self.context_lines, self.reference_lines, self.seed = limit, context_lines, reference_lines, seed
+        self.root = Path(root) if root else stdlib_root()
+
+    def held_out_files(self) -> list[Path]:
+        """The held-out stdlib part, or the held-out files of another source folder (`root`)."""
+        if self.root == stdlib_root():
+            return stdlib_files("heldout")
+        if not self.root.is_dir():
+            raise DeferralError(f"source folder {self.root} does not exist: pass an existing folder")
+        return sorted(p for p in self.root.rglob("*.py") if is_heldout(p.relative_to(self.root).as_posix()))
+
+    def examples(self) -> list[Example]:
+        files = [(p.relative_to(self.root).as_posix(), p) for p in self.held_out_files()]
+        files = [(name, p.read_text(errors="replace")) for name, p in files if not name.startswith(SKIPPED_PACKAGES)]
+        examples = cut_examples(files, self.limit, self.context_lines, self.reference_lines, self.seed)
+        if not examples:
+            raise DeferralError(f"no held-out source files with enough lines under {self.root}: point at another folder")
+        return examples
+
+    def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
+        return mean_metrics([reference_metrics(r, e.reference or "") for e, r in zip(examples, replies)])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "root": str(self.root), "limit": self.limit, "seed": self.seed,
+                "context_lines": self.context_lines, "reference_lines": self.reference_lines}

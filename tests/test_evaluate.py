@@ -1,0 +1,158 @@
+"""`deferral evaluate` on the tiny pair with a three-prompt local task: files, resume, errors, MLflow."""
+
+import json
+
+import pytest
+
+from deferral.cli import main as cli
+from deferral.errors import DeferralError
+from inference.config import Generation, RequestStats
+from inference.evaluate import BASELINE, SweepPoint, alpha_grid, plan_sweep, summarize
+
+PROMPTS = [("def add(a, b):\n", "    return a + b"), ("import os\n", "import sys"), ("x = 1\n", "y = 2")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models spend their time in thread hand-offs on a busy machine: one thread is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("task") / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "reference": r}) + "\n" for p, r in PROMPTS))
+    return path
+
+
+def evaluate_args(tiny_dir, task_file, out, *extra):
+    return [
+        "evaluate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+        "--task", f"hf:{task_file}", "--rules", "[chow]", "--alphas", "{chow: [0.5]}",
+        "--modes", "[speculative, sequential]", "--max-new-tokens", "8", "--out", str(out), *extra,
+    ]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, task_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    assert cli(evaluate_args(tiny_dir, task_file, out, "--no-mlflow")) == 0
+    return out
+
+
+def test_writes_every_file_with_one_row_per_point(finished):
+    for name in ("results.jsonl", "generations.jsonl", "tables.md", "quality_vs_latency.png",
+                 "quality_vs_deferral.png", "run.json"):
+        assert (finished / name).is_file() and (finished / name).stat().st_size > 0, name
+    rows = read_jsonl(finished / "results.jsonl")
+    assert [r["key"] for r in rows] == [
+        "target|baseline|-|K=0", "drafter|baseline|-|K=0", "speculative|speculative|-|K=5",
+        "chow|speculative|alpha=0.5|K=5", "chow|sequential|alpha=0.5|K=0",
+    ]
+    target = rows[0]
+    assert target["relative_latency"] == 1.0 and target["deferral_rate"] == 1.0
+    for row in rows:
+        assert row["prompts"] == 3 and row["quality_key"] == "chrf"
+        assert {"exact_line", "chrf", "rouge_l", "target_nll", "rouge_l_vs_target"} <= set(row["metrics"])
+        assert row["relative_latency"] > 0
+    assert rows[1]["target_calls"] == 0 and rows[1]["deferral_rate"] == 0.0
+    tables = (finished / "tables.md").read_text()
+    assert "## chow (speculative)" in tables and "## chow (sequential)" in tables and "speed-up at target quality" in tables
+
+
+def test_greedy_lossless_speculative_reproduces_the_target(finished):
+    gens = read_jsonl(finished / "generations.jsonl")
+    by_key = {}
+    for g in gens:
+        by_key.setdefault(g["key"], {})[g["index"]] = g["tokens"]
+    assert by_key["speculative|speculative|-|K=5"] == by_key["target|baseline|-|K=0"]
+    rows = {r["key"]: r for r in read_jsonl(finished / "results.jsonl")}
+    assert rows["target|baseline|-|K=0"]["metrics"]["rouge_l_vs_target"] == 1.0
+    assert rows["speculative|speculative|-|K=5"]["quality"] == rows["target|baseline|-|K=0"]["quality"]
+
+
+def test_rerun_skips_finished_rows_and_redoes_a_cut_one(finished, tiny_dir, task_file):
+    results = finished / "results.jsonl"
+    before = results.read_text().splitlines()
+    assert cli(evaluate_args(tiny_dir, task_file, finished, "--no-mlflow")) == 0
+    assert results.read_text().splitlines() == before  # nothing decoded again
+    results.write_text("\n".join(before[:-1]) + "\n" + before[-1][:20])  # an interrupted last write
+    assert cli(evaluate_args(tiny_dir, task_file, finished, "--no-mlflow")) == 0
+    after = read_jsonl(results)
+    assert [r["key"] for r in after] == [json.loads(line)["key"] for line in before]
+
+
+def test_another_setup_in_the_same_folder_is_refused(finished, tiny_dir, task_file, capsys):
+    args = evaluate_args(tiny_dir, task_file, finished, "--no-mlflow")
+    args[args.index("--max-new-tokens") + 1] = "9"
+    assert cli(args) == 2
+    assert "holds results of another setup (different decode)" in capsys.readouterr().err
+
+
+def test_logs_a_named_run_to_mlflow(tiny_dir, task_file, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = evaluate_args(tiny_dir, task_file, tmp_path / "run", "--tracking-uri", uri, "--modes", "[speculative]")
+    assert cli(args) == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["deferral-evaluate"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name.startswith("evaluate hf | drafter -> target | chow")
+    assert "chow/speculative/area_under_frontier" in run.data.metrics
+    assert "target/quality" in run.data.metrics
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["mlflow_run_id"] == run.info.run_id
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rules", "[learned]"], "needs --router"),
+        (["--rules", "[nope]"], "unknown rule 'nope'"),
+        (["--modes", "[parallel]"], "unknown mode"),
+        (["--task", "mbpp"], "unknown task"),
+        (["--alphas", "{chwo: [0.1]}"], "unknown rule(s) ['chwo']"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_line(tiny_dir, task_file, tmp_path, capsys, args, message):
+    assert cli(evaluate_args(tiny_dir, task_file, tmp_path / "run", "--no-mlflow", *args)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_plan_sweep_puts_references_first_and_crosses_knobs_with_k():
+    points = plan_sweep(["chow", "token-v3"], ["speculative", "sequential"], [3, 5],
+                        {"chow": [0.1, 0.2], "token-v3": [0.5]})
+    assert points[0] == SweepPoint("target", BASELINE) and points[1] == SweepPoint("drafter", BASELINE)
+    assert [p.draft_tokens for p in points[2:4]] == [3, 5] and points[2].rule == "speculative"
+    chow = [p for p in points if p.rule == "chow"]
+    assert len(chow) == 2 * 2 + 2  # speculative: 2 K x 2 α; sequential: 2 α
+    assert len({p.key for p in points}) == len(points)
+    assert plan_sweep(["learned"], ["speculative"], [5], {}, ("deferral_rate", [0.2]))[-1].key == \
+        "learned|speculative|deferral_rate=0.2|K=5"
+
+
+def test_alpha_grid_spans_the_rule_range():
+    assert alpha_grid("diff", 5) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    with pytest.raises(DeferralError):
+        alpha_grid("learned", 3)
+
+
+def test_summarize_counts_by_hand():
+    stats = [RequestStats(new_tokens=10, target_calls=4, drafter_calls=12, drafted=10, accepted=6, deferred=3, examined=8),
+             RequestStats(new_tokens=6, target_calls=4, drafter_calls=8, drafted=10, accepted=2, deferred=1, examined=8)]
+    gens = [Generation(tokens=[1] * s.new_tokens, stats=s) for s in stats]
+    row = summarize(SweepPoint("chow", "speculative", "alpha", 0.3, 5), gens, 2.0, 4.0, {"chrf": 0.4}, "chrf")
+    assert row["relative_latency"] == 0.5 and row["quality"] == 0.4
+    assert row["tokens_per_target_call"] == 2.0 and row["target_calls_per_token"] == 0.5
+    assert row["deferral_rate"] == 0.25 and row["acceptance_rate"] == 0.4
