@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,9 @@ class RouterCLI(LightningCLI):
 
 
 def main(argv: list[str]) -> int:
+    # argv comes from the `deferral` entry point, not sys.argv; the checkpoint folder holds the run id.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     RouterCLI(
         RouterModule,
         FeatureDataModule,

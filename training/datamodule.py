@@ -206,5 +206,7 @@ class FeatureDataModule(L.LightningDataModule):
             "mode": self.meta.get("mode"),
             "splits": getattr(self, "split_sizes", None),
             "split_seed": self.split_seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "positive_rate_train": self.pos_rate,
         }

@@ -1,0 +1,68 @@
+"""`deferral export` from a checkpoint and from an MLflow run; what the export folder records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deferral.cli import main as deferral
+from deferral.router import load_router
+from tests.router_helpers import log_tiny, tracking_uri, train_tiny
+from training.export import read_checkpoint, router_from_checkpoint
+from training.logged_data import read_meta
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    log_dir = log_tiny(tiny_dir, base / "log")
+    assert train_tiny(log_dir, base / "run", base, epochs=2) == 0
+    return base, log_dir
+
+
+def test_export_from_checkpoint_records_what_it_was_trained_on(trained, tmp_path):
+    base, log_dir = trained
+    ckpt = base / "run" / "checkpoints" / "best.ckpt"
+    assert deferral(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "r")]) == 0
+    router, meta = load_router(tmp_path / "r")
+    logged = read_meta(log_dir)
+    assert meta["pair"] == logged["pair"]
+    assert meta["feature_spec"] == logged["feature_spec"]
+    assert meta["label"]["target"] == "gap_nll" and meta["objective"] == "classify"
+    assert len(meta["calibration"]["rows"]) == 101 and meta["calibration"]["split"] == "val"
+    assert len(meta["normalisation"]["mean"]) == meta["config"]["num_features"] == router.config.num_features
+    assert meta["library_versions"]["lightning"] and meta["library_versions"]["torch"]
+    assert set(meta["data"]["splits"]) == {"train", "val", "test"}
+    card = (tmp_path / "r" / "card.md").read_text()
+    assert "Trained on" in card and "--rule learned" in card and "auroc" in card
+
+
+def test_exported_weights_equal_the_checkpoint(trained, tmp_path):
+    base, _ = trained
+    ckpt = base / "run" / "checkpoints" / "best.ckpt"
+    deferral(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "r")])
+    loaded, _ = load_router(tmp_path / "r")
+    original = router_from_checkpoint(read_checkpoint(ckpt))
+    x = torch.randn(64, loaded.config.num_features) * 3
+    assert torch.equal(loaded.score(x), original.score(x))
+    assert not torch.equal(loaded.mean, torch.zeros_like(loaded.mean))  # training-split statistics were stored
+
+
+def test_export_from_mlflow_run_carries_test_metrics(trained, tmp_path):
+    base, _ = trained
+    run_id = (base / "run" / "checkpoints" / "mlflow_run_id").read_text().strip()
+    rc = deferral(["export", "--mlflow-run", run_id, "--tracking-uri", tracking_uri(base), "--out", str(tmp_path / "m")])
+    assert rc == 0
+    meta = json.loads((tmp_path / "m" / "router.json").read_text())
+    assert "auroc" in meta["metrics"]["test"]
+
+
+def test_export_errors_are_one_line(trained, tmp_path, capsys):
+    base, _ = trained
+    assert deferral(["export", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]) == 2
+    assert deferral(["export", "--out", str(tmp_path / "x")]) == 2
+    assert deferral(["export", "--mlflow-run", "0" * 32, "--tracking-uri", tracking_uri(base), "--out", str(tmp_path / "x")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3

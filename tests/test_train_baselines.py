@@ -1,0 +1,61 @@
+"""Baselines: the paper's rules read off the feature vector, logistic regression, the comparison table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deferral.cli import main as deferral
+from deferral.features import FeatureSpec, compute_features
+from training.baselines import markdown_table, rule_scores, score_table
+from tests.router_helpers import write_synthetic_log
+
+
+def test_rule_scores_match_the_paper_formulas():
+    g = torch.Generator().manual_seed(0)
+    q_logits, p_logits = torch.randn(50, 30, generator=g) * 2, torch.randn(50, 30, generator=g) * 2
+    drafted = q_logits.argmax(-1)
+    feats = compute_features(q_logits, p_logits, drafted[:, None])[:, 0, :].numpy()
+    q, p = torch.softmax(q_logits, -1).double(), torch.softmax(p_logits, -1).double()
+    tv = (q - p).clamp_min(0).sum(-1)
+    gain = p.max(-1).values - q.max(-1).values
+    scores = rule_scores(feats, list(FeatureSpec().names), alpha=0.7)
+    np.testing.assert_allclose(scores["chow"], 1 - q.max(-1).values, atol=1e-6)
+    np.testing.assert_allclose(scores["diff"], gain, atol=1e-6)
+    np.testing.assert_allclose(scores["opt"], gain - 0.7 * tv, atol=1e-6)
+    np.testing.assert_allclose(scores["token-v3"], 1 - p.gather(-1, drafted[:, None])[:, 0] / p.max(-1).values, atol=1e-5)
+
+
+def test_score_table_and_markdown():
+    labels = np.array([0, 0, 1, 1])
+    res = score_table({"perfect": np.array([0.1, 0.2, 0.8, 0.9]), "reversed": np.array([4, 3, 2, 1])}, labels)
+    assert res["perfect"] == {"auroc": 1.0, "ap": 1.0} and res["reversed"]["auroc"] == 0.0
+    assert np.isnan(score_table({"x": np.ones(3)}, np.ones(3))["x"]["auroc"])
+    table = markdown_table({"gap01": {"router": res["perfect"], **res}}, {"gap01": 0.5})
+    lines = table.splitlines()
+    assert lines[0] == "| method | gap01 AUROC | gap01 AP |" and lines[2].startswith("| router | 1.0000")
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_baselines_cli_on_a_logged_dataset(tmp_path, capsys, method):
+    log = write_synthetic_log(tmp_path / "log")
+    out = tmp_path / "table.md"
+    rc = deferral(["baselines", "--data", str(log), "--targets", "gap_nll,reject", "--calibration", method,
+                   "--out", str(out)])
+    assert rc == 0
+    text = out.read_text()
+    for name in ("logistic regression", "chow", "diff", "opt", "opt-ratio", "token-v3"):
+        assert f"| {name}" in text
+    record = json.loads(out.with_suffix(".json").read_text())
+    lr = record["results"]["reject"][f"logistic regression ({method})"]["auroc"]
+    assert lr > 0.9  # "reject" is a function of accept_prob_tok, one of the features
+    assert 0 < record["positive_rate"]["gap_nll"] < 1
+
+
+def test_bad_target_is_one_line(tmp_path, capsys):
+    log = write_synthetic_log(tmp_path / "log", docs=5, per_doc=20)
+    assert deferral(["baselines", "--data", str(log), "--targets", "nonsense"]) == 2
+    assert "unknown router target" in capsys.readouterr().err

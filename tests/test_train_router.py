@@ -1,0 +1,78 @@
+"""`deferral train fit` on the tiny pair: checkpoints, the MLflow store, registry alias, resume."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from deferral.cli import main as deferral
+from tests.router_helpers import CONFIG, log_tiny, tracking_uri, train_tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    log_dir = log_tiny(tiny_dir, base / "log")
+    assert train_tiny(log_dir, base / "run", base, epochs=2) == 0
+    return base, log_dir
+
+
+def _runs(base):
+    client = mlflow.MlflowClient(tracking_uri(base))
+    exp = client.get_experiment_by_name("deferral-router")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_checkpoints_and_export_under_default_root_dir(trained):
+    base, _ = trained
+    ckpts = base / "run" / "checkpoints"
+    assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
+    assert (ckpts / "mlflow_run_id").read_text().strip()
+    assert {p.name for p in (base / "run" / "export").iterdir()} >= {"router.safetensors", "router.json", "card.md"}
+
+
+def test_mlflow_store_holds_run_metrics_artifacts_and_alias(trained):
+    base, _ = trained
+    client, runs = _runs(base)
+    assert len(runs) == 1
+    run = runs[0]
+    for key in ("val/auroc", "val/ap", "val/ece", "val/brier", "test/auroc", "test/ap", "train/loss"):
+        assert key in run.data.metrics, key
+    assert 0.0 <= run.data.metrics["test/auroc"] <= 1.0
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "router", "checkpoints", "plots"} <= top
+    router_files = {a.path for a in client.list_artifacts(run.info.run_id, "router")}
+    assert {"router/router.json", "router/router.safetensors", "router/card.md"} <= router_files
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/roc.png", "plots/pr.png", "plots/reliability.png"} <= plots
+    version = client.get_model_version_by_alias("deferral-router", "champion")
+    assert version.run_id == run.info.run_id
+    assert run.data.params["target"] == "gap_nll"
+
+
+def test_rerun_resumes_in_the_same_mlflow_run(trained):
+    base, log_dir = trained
+    run_id = (base / "run" / "checkpoints" / "mlflow_run_id").read_text().strip()
+    assert train_tiny(log_dir, base / "run", base, epochs=3) == 0
+    client, runs = _runs(base)
+    assert [r.info.run_id for r in runs] == [run_id]
+    epochs = [m.step for m in client.get_metric_history(run_id, "val/auroc")]
+    assert epochs == [0, 1, 2]  # two epochs, then the resumed third; none repeated
+    assert (base / "run" / "checkpoints" / "mlflow_run_id").read_text().strip() == run_id
+
+
+def test_print_config_shows_resolved_settings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        deferral(["train", "fit", "--config", CONFIG, "--data.path", "somewhere", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "path: somewhere" in out and "objective: classify" in out and "tracking_uri:" in out
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    rc = deferral(["train", "fit", "--config", CONFIG, "--data.path", str(tmp_path / "nope"),
+                   "--trainer.default_root_dir", str(tmp_path / "run"),
+                   "--mlflow.tracking_uri", tracking_uri(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "deferral log" in err

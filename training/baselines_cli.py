@@ -1,0 +1,99 @@
+"""`deferral baselines`: the router against logistic regression and the paper's rules, per label.
+
+    deferral baselines --data logs/stdlib --router runs/router/export [--targets gap01,mismatch]
+                       [--alpha 0.5] [--calibration isotonic] [--out baselines.md]
+
+Uses the router's own document splits (seed and fractions from router.json): logistic regression
+trains on the train documents and is calibrated on the validation documents; every method is scored
+on the test documents. Prints one markdown table (AUROC, AP per target) and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from deferral.router import load_router
+from training.baselines import fit_logistic_regression, markdown_table, rule_scores, score_table
+from training.datamodule import TARGETS, binary_target, check_target, read_arrays, split_documents
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral baselines", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    parser.add_argument("--data", type=str, required=True, help="a `deferral log` output folder")
+    parser.add_argument("--router", type=str | None, default=None, help="router export folder to compare (its splits)")
+    parser.add_argument("--targets", type=str | None, default=None,
+                        help=f"comma-separated targets ({', '.join(TARGETS)}); default: the router's target")
+    parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the fixed-alpha OPT score")
+    parser.add_argument("--calibration", type=str, default="isotonic", help="isotonic or sigmoid (logistic regression)")
+    parser.add_argument("--split-seed", type=int, default=0, help="document split seed when no --router is given")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share when no --router is given")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="test share when no --router is given")
+    parser.add_argument("--out", type=str | None, default=None, help="write the markdown table (and .json) here")
+    return parser
+
+
+def compare(args) -> tuple[str, dict]:
+    router, meta = (None, {}) if args.router is None else load_router(args.router)
+    data = meta.get("data") or {}
+    seed = int(data.get("split_seed", args.split_seed))
+    val_f = float(data.get("val_fraction", args.val_fraction))
+    test_f = float(data.get("test_fraction", args.test_fraction))
+    targets = args.targets.split(",") if args.targets else [(meta.get("label") or {}).get("target", "gap01")]
+    for t in targets:
+        check_target(t)
+    if args.calibration not in ("isotonic", "sigmoid"):
+        raise DeferralError(f"--calibration {args.calibration}: choose isotonic or sigmoid")
+
+    arrays = read_arrays(args.data)
+    names = arrays.meta["feature_spec"]["names"]
+    if meta and meta["feature_spec"]["names"] != names:
+        raise DeferralError(f"router {args.router} was trained on other features than {args.data}: use its own data")
+    masks = split_documents(arrays.columns["doc_id"], val_f, test_f, seed)
+    x = arrays.features
+    shared = rule_scores(x[masks["test"]], names, alpha=args.alpha)
+    router_scores = None
+    if router is not None:
+        with torch.inference_mode():
+            router_scores = router.score(torch.from_numpy(x[masks["test"]])).numpy()
+    results, positives = {}, {}
+    for t in targets:
+        y = binary_target(arrays, t)
+        if min(np.unique(y[masks[s]]).size for s in ("train", "val")) < 2:  # a constant label: nothing to fit
+            lr_scores = np.full(int(masks["test"].sum()), float(y[masks["train"]].mean()))
+        else:
+            lr = fit_logistic_regression(x[masks["train"]], y[masks["train"]], x[masks["val"]], y[masks["val"]],
+                                         method=args.calibration)
+            lr_scores = lr.predict_proba(x[masks["test"]])[:, 1]
+        scores = {f"logistic regression ({args.calibration})": lr_scores, **shared}
+        if router_scores is not None and t == (meta.get("label") or {}).get("target"):
+            scores = {"router": router_scores, **scores}
+        results[t] = score_table(scores, y[masks["test"]])
+        positives[t] = float(y[masks["test"]].mean())
+    header = (
+        f"Test documents of {args.data} ({int(masks['test'].sum())} positions; split seed {seed}); "
+        f"OPT at alpha={args.alpha}.\n\n"
+    )
+    return header + markdown_table(results, positives), {"results": results, "positive_rate": positives}
+
+
+def main(argv: list[str]) -> int:
+    from inference.generate import parse
+
+    args = parse(build_parser(), argv)
+    table, record = compare(args)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"table written to {out}", file=sys.stderr)
+    return 0
