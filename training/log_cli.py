@@ -181,7 +181,24 @@ class LogJob:
         tally.new += table.num_rows
         if bar is not None:
             bar.set_postfix(docs=tally.docs, shard=chunk)
+            self._estimate_total(bar, tally)
         return True
+
+    def documents_total(self) -> int | None:
+        """Documents this run will read, when the corpus knows its size (one per file, or dataset rows)."""
+        d = self.corpus.description
+        known = d.get("rows") if d.get("kind", "").startswith("hf") else d.get("files") if d.get("kind") in (
+            "stdlib", "directory") else None
+        if known is None:
+            return self.max_docs
+        return min(known, self.max_docs) if self.max_docs is not None else known
+
+    def _estimate_total(self, bar, tally: "Tally") -> None:
+        """Without --max-positions, extrapolate the bar's total from positions per document so far (for ETA)."""
+        total_docs = self.documents_total()
+        if self.max_positions is None and total_docs and tally.docs:
+            bar.total = max(tally.logged, round(tally.logged / tally.docs * total_docs / self.world))
+            bar.refresh()
 
     def progress_bar(self, rank: int, show: bool):
         from tqdm import tqdm
