@@ -70,6 +70,7 @@ class CachedLM:
         logits = out.logits[..., : self.vocab_size]
         return (logits[:, -1:] if last_only else logits).float()
 
+    @torch.inference_mode()
     def rollback(self, fed: int, kept: torch.Tensor) -> None:
         """Of the last `fed` columns fed, row i keeps its first kept[i]; the rest become holes.
 

@@ -66,6 +66,7 @@ class SpeculativeDecoder:
     drafter every committed token but `last` and, in rows where `pending` >= 0, the token before it.
     """
 
+    @torch.inference_mode()
     def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context):
         self.rule, self.cfg = rule, cfg
         self.state = BatchState(prompts, cfg, eos_ids, max_context)
@@ -119,6 +120,7 @@ class SpeculativeDecoder:
             tokens, valid = token[:, None], None
         return torch.stack(q_steps, 1), torch.stack(drafts, 1), None
 
+    @torch.inference_mode()
     def step(self) -> None:
         cfg, b = self.cfg, self.last.shape[0]
         q_logits, drafts, q_after = self._draft()

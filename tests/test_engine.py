@@ -1,0 +1,230 @@
+"""The speculative-cascade decode loop on tiny random models (saved and reloaded via from_pretrained).
+
+Greedy decoding makes every rule deterministic, so the loop's bookkeeping (drafting, acceptance,
+bonus tokens, rollback, left padding, holes in batched caches) is checked by exact token equality
+against plain autoregressive decoding. Random tiny pairs rarely agree, so pairs whose drafter is
+the target itself (every draft kept) or a noisy copy of it (some kept) exercise the acceptance paths.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deferral.pair import load_pair
+from deferral.rules import HAND_SET_RULES, Learned, make_rule
+from inference.autoregressive import autoregressive_generate
+from inference.config import DecodeConfig
+from inference.runner import encode_prompts, run
+from inference.speculative import SpeculativeDecoder, speculative_generate
+from tests.tiny_models import make_noisy_copy
+
+TEXTS = ["def add(a, b):\n    return", "x", "The quick brown fox jumps over"]  # 3 lengths: left padding
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine thread spinning makes
+    them many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def noisy_dir(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("noisy")
+    make_noisy_copy(tiny_dir / "target", root / "target", noise=0.3, seed=0)
+    make_noisy_copy(tiny_dir / "target_padded", root / "target_padded", noise=0.3, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_dir, noisy_dir):
+    """name -> Pair: random drafter, the target as its own drafter, a noisy copy, a padded target."""
+    t, tp = str(tiny_dir / "target"), str(tiny_dir / "target_padded")
+    return {
+        "random": load_pair(str(tiny_dir / "drafter"), t),
+        "self": load_pair(t, t),
+        "noisy": load_pair(str(noisy_dir / "target"), t),
+        "padded": load_pair(str(tiny_dir / "drafter"), tp),
+        "padded-noisy": load_pair(str(noisy_dir / "target_padded"), tp),
+    }
+
+
+def decode(pair, rule, texts=TEXTS, batch_size=1, sequential=False, **cfg):
+    cfg = DecodeConfig(**{"max_new_tokens": 24, **cfg})
+    prompts = encode_prompts(pair, texts)
+    return run(pair, rule, prompts, cfg, batch_size=batch_size, sequential=sequential)
+
+
+def tokens(gens):
+    return [g.tokens for g in gens]
+
+
+def acceptance(gens) -> float:
+    return sum(g.stats.accepted for g in gens) / max(1, sum(g.stats.drafted for g in gens))
+
+
+def test_padded_pair_uses_the_shared_token_range(pairs):
+    pair = pairs["padded"]
+    assert pair.target.vocab_rows == pair.drafter.vocab_rows + 8
+    assert pair.vocab_size == pair.drafter.vocab_rows
+
+
+@pytest.mark.parametrize("name", ["random", "self", "noisy", "padded", "padded-noisy"])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_greedy_speculative_equals_target(pairs, name, k):
+    pair = pairs[name]
+    target = tokens(decode(pair, make_rule("target")))
+    spec = decode(pair, make_rule("speculative"), draft_tokens=k)
+    assert tokens(spec) == target
+    assert all(0 < len(t) <= 24 for t in target)
+    if name == "self":
+        assert acceptance(spec) == 1.0  # every draft kept: bonus tokens and pending drafter tokens
+    if name.endswith("noisy"):
+        assert 0.05 < acceptance(spec) < 0.95  # a mix of kept and rejected drafts
+
+
+def test_adaptive_drafting_is_lossless(pairs):
+    for name in ("self", "noisy"):
+        target = tokens(decode(pairs[name], make_rule("target")))
+        for floor in (0.2, 0.6):
+            gens = decode(pairs[name], make_rule("speculative"), draft_tokens=6, draft_confidence=floor)
+            assert tokens(gens) == target
+        # a hand-set rule takes q at the bonus position from the adaptive look-ahead
+        gens = decode(pairs[name], make_rule("chow", 0.0), draft_tokens=6, draft_confidence=0.4)
+        assert tokens(gens) == target
+
+
+def test_drafter_only_equals_drafters_greedy_output(pairs, tiny_dir):
+    pair = pairs["noisy"]
+    drafter_alone = load_pair(str(pair.drafter.source), str(pair.drafter.source))
+    expected = tokens(decode(drafter_alone, make_rule("target")))
+    assert tokens(decode(pair, make_rule("drafter"))) == expected
+    # The cascade loop with π = q keeps every draft and also reproduces the drafter.
+    for rule in HAND_SET_RULES:
+        cls = HAND_SET_RULES[rule]
+        gens = decode(pair, cls(cls.alpha_drafter), draft_tokens=3)
+        assert tokens(gens) == expected, rule
+        assert acceptance(gens) == 1.0
+
+
+@pytest.mark.parametrize("rule", sorted(HAND_SET_RULES))
+def test_hand_set_rule_at_speculative_end_equals_target(pairs, rule):
+    cls = HAND_SET_RULES[rule]
+    for name in ("noisy", "padded-noisy"):
+        expected = tokens(decode(pairs[name], make_rule("target")))
+        assert tokens(decode(pairs[name], cls(cls.alpha_speculative), draft_tokens=3)) == expected, name
+
+
+def test_eos_stops_every_loop_alike(pairs):
+    """Choose as EOS a token the target emits greedily; every loop stops right after it."""
+    pair = pairs["noisy"]
+    prompts = encode_prompts(pair, TEXTS)
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=4)
+    common = dict(vocab_size=pair.vocab_size, pad_id=0, max_context=pair.max_context)
+    free = autoregressive_generate(pair.target.model, prompts, cfg, eos_ids=set(), **common)
+    eos = free[0].tokens[7]
+    target = autoregressive_generate(pair.target.model, prompts, cfg, eos_ids={eos}, **common)
+    assert target[0].tokens == free[0].tokens[: free[0].tokens.index(eos) + 1]
+    for rule in ("speculative", "token-v3", "opt"):
+        r = make_rule(rule, HAND_SET_RULES[rule].alpha_speculative if rule in HAND_SET_RULES else None)
+        spec = speculative_generate(pair.drafter.model, pair.target.model, r, prompts, cfg, eos_ids={eos}, **common)
+        assert tokens(spec) == tokens(target), rule
+
+
+RULES_FOR_BATCHING = ["target", "drafter", "speculative", *sorted(HAND_SET_RULES), "learned"]
+
+
+def build_rule(name):
+    if name == "learned":
+        # A stand-in scorer: defer a candidate token unless the target gives it >= 5% (feature p_tok).
+        from deferral.features import FeatureSpec
+
+        col = FeatureSpec().names.index("p_tok")
+        return Learned(lambda f: -f[:, col], threshold=-0.05)
+    cls = HAND_SET_RULES.get(name)
+    return make_rule(name, None if cls is None else sum(cls.alpha_range) / 2 if name != "opt" else 0.5)
+
+
+@pytest.mark.parametrize("name", RULES_FOR_BATCHING)
+def test_batched_output_equals_one_by_one(pairs, name):
+    pair = pairs["noisy"]
+    rule = build_rule(name)
+    alone = decode(pair, rule, draft_tokens=3)
+    together = decode(pair, rule, draft_tokens=3, batch_size=3)
+    assert tokens(together) == tokens(alone)
+    assert [g.stats.accepted for g in together] == [g.stats.accepted for g in alone]
+
+
+def test_batched_sampling_has_no_nans_in_padded_rows(pairs):
+    """Left padding leaves fully masked query rows; they must not poison the caches with NaNs."""
+    pair = pairs["noisy"]
+    prompts = encode_prompts(pair, TEXTS)
+    cfg = DecodeConfig(max_new_tokens=8, draft_tokens=3, temperature=1.0)
+    dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, make_rule("speculative"), prompts, cfg,
+                             pair.vocab_size, set(), 0, pair.max_context)
+    dec.step()
+    for lm in (dec.d_lm, dec.t_lm):
+        for layer in lm.cache.layers:
+            assert torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+
+
+@pytest.mark.parametrize("name", ["chow", "diff", "token-v3", "lossy"])
+def test_sequential_equals_speculative_greedily(pairs, name):
+    pair = pairs["noisy"]
+    rule = build_rule(name)
+    spec = decode(pair, rule, draft_tokens=3)
+    seq = decode(pair, rule, sequential=True)
+    assert tokens(seq) == tokens(spec)
+
+
+def fresh_cache(model, token_ids: list[int]):
+    """The KV cache of one forward pass over `token_ids` (batch 1)."""
+    with torch.inference_mode():
+        out = model(torch.tensor([token_ids]), use_cache=True)
+    return out.get("cache", None) or out.get("past_key_values")
+
+
+def assert_same_cache(cache, reference) -> None:
+    for layer, ref in zip(cache.layers, reference.layers):
+        assert layer.keys.shape == ref.keys.shape
+        torch.testing.assert_close(layer.keys, ref.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(layer.values, ref.values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,rule,temperature", [
+    ("self", "speculative", 0.0),  # every draft kept: the drafter's pending token
+    ("noisy", "speculative", 1.0),
+    ("noisy", "token-v3", 1.0),  # bonus via one more drafter forward
+    ("self", "chow", 0.0),
+])
+def test_caches_equal_a_fresh_forward_after_each_step(pairs, name, rule, temperature):
+    pair = pairs[name]
+    [prompt] = encode_prompts(pair, TEXTS[:1])
+    cfg = DecodeConfig(max_new_tokens=40, draft_tokens=3, temperature=temperature, seed=3)
+    dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, build_rule(rule), [prompt], cfg,
+                             pair.vocab_size, set(), 0, pair.max_context)
+    for _ in range(5):
+        dec.step()
+        committed = prompt + dec.state.tokens[0]
+        assert int(dec.last[0]) == committed[-1]
+        assert_same_cache(dec.t_lm.cache, fresh_cache(pair.target.model, committed[:-1]))
+        lacks = 1 if dec.pending is not None and int(dec.pending[0]) >= 0 else 0
+        if lacks:
+            assert int(dec.pending[0]) == committed[-2]
+        assert_same_cache(dec.d_lm.cache, fresh_cache(pair.drafter.model, committed[: len(committed) - 1 - lacks]))
+        assert bool(dec.t_lm.valid.all()) and bool(dec.d_lm.valid.all())  # batch 1 leaves no holes
+
+
+def test_stats_count_calls_and_tokens(pairs):
+    [gen] = decode(pairs["self"], make_rule("speculative"), texts=TEXTS[:1], draft_tokens=3)
+    s = gen.stats
+    assert s.new_tokens == len(gen.tokens) == 24
+    assert s.accepted == s.drafted  # the target drafting for itself
+    # prefill + one verification per step of 3 drafts and a bonus token
+    assert s.target_calls == 1 + 6
+    assert s.deferred == s.examined > 0
+    assert s.wall_s > 0
