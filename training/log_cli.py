@@ -56,6 +56,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.0, help="on-policy: sampling temperature (0 = greedy)")
     parser.add_argument("--draft-tokens", type=int, default=5, help="on-policy: tokens drafted per step by a cascade")
     parser.add_argument("--seed", type=int, default=0, help="on-policy: random seed for sampling")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the feature and label step: faster on long runs, a one-off compile cost")
     parser.add_argument("--devices", type=int, default=1, help="processes (Lightning DDP predict loop) when > 1")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for --devices > 1")
     parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking store")
@@ -70,6 +72,7 @@ def log_config(args) -> LogConfig:
         max_len=args.max_len, batch_size=args.batch_size, hidden=args.hidden, mode=args.mode,
         prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens, generator=args.generator,
         alpha=args.alpha, temperature=args.temperature, draft_tokens=args.draft_tokens, seed=args.seed,
+        compile=args.compile,
     )
     cfg.validate()
     if args.docs_per_shard < 1:
@@ -102,7 +105,8 @@ class LogJob:
     def fingerprint(self, pair) -> dict:
         """The arguments a resumed run must share with the run that started the folder."""
         cfg = asdict(self.cfg)
-        cfg.pop("batch_size")  # batching changes speed, not rows
+        cfg.pop("batch_size")  # batching and compilation change speed, not rows
+        cfg.pop("compile")
         if cfg["mode"] == "reference":
             for key in ("prompt_tokens", "max_new_tokens", "generator", "alpha", "temperature", "draft_tokens", "seed"):
                 cfg.pop(key)

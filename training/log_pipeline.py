@@ -24,7 +24,7 @@ from deferral.pair import Pair
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
 MODES = ("reference", "on-policy")
-FEATURE_ROWS = 1024  # positions turned into features at once: bounds (rows, vocab) float32 temporaries
+FEATURE_ROWS = 256  # positions turned into features at once: bounds (rows, vocab) float32 temporaries
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class LogConfig:
     temperature: float = 0.0
     draft_tokens: int = 5
     seed: int = 0
+    compile: bool = False  # torch.compile the feature + label step (fused kernels; a one-off compile cost)
 
     def validate(self) -> None:
         if self.max_len < 2:
@@ -119,6 +120,25 @@ def rows_from_logits(
     }
 
 
+_COMPILED: dict = {}
+
+
+def _rows_fn(compiled: bool):
+    """rows_from_logits, or its torch.compile'd form (static shapes: callers pad to FEATURE_ROWS rows)."""
+    if not compiled:
+        return rows_from_logits
+    if "rows" not in _COMPILED:
+        _COMPILED["rows"] = torch.compile(rows_from_logits, dynamic=False)
+    return _COMPILED["rows"]
+
+
+def _pad_rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Pad the first axis to n rows (repeating row 0) so compiled code sees one shape."""
+    if t is None or t.shape[0] == n:
+        return t
+    return torch.cat([t, t[:1].expand(n - t.shape[0], *t.shape[1:])])
+
+
 def _forward(model, input_ids: torch.Tensor, mask: torch.Tensor, vocab: int, want_hidden: bool):
     """(B, L) ids -> (B, L, V) logits cut to the shared vocabulary, and (B, L, H) last hidden or None."""
     out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden, use_cache=False)
@@ -127,7 +147,9 @@ def _forward(model, input_ids: torch.Tensor, mask: torch.Tensor, vocab: int, wan
 
 
 @torch.inference_mode()
-def score_windows(pair: Pair, windows: list[Window], hidden: str = "none", pad_id: int = 0) -> dict[str, np.ndarray]:
+def score_windows(
+    pair: Pair, windows: list[Window], hidden: str = "none", pad_id: int = 0, compiled: bool = False
+) -> dict[str, np.ndarray]:
     """One batch: pad the windows, run both models teacher-forced, return numpy row columns."""
     device = pair.device
     longest = max(len(w.tokens) for w in windows)
@@ -147,17 +169,16 @@ def score_windows(pair: Pair, windows: list[Window], hidden: str = "none", pad_i
     b_idx, t_idx = valid.nonzero(as_tuple=True)  # row order: window, then position
     b_dev, t_dev = b_idx.to(device), t_idx.to(device)
     parts: list[dict[str, torch.Tensor]] = []
+    rows_fn = _rows_fn(compiled)
     for s in range(0, len(b_idx), FEATURE_ROWS):
         bs, ts = b_dev[s : s + FEATURE_ROWS], t_dev[s : s + FEATURE_ROWS]
-        parts.append(
-            rows_from_logits(
-                q_logits[bs, ts],
-                p_logits[bs, ts],
-                next_ids[bs, ts],
-                q_hidden[bs, ts] if q_hidden is not None else None,
-                p_hidden[bs, ts] if p_hidden is not None else None,
-            )
-        )
+        inputs = [q_logits[bs, ts], p_logits[bs, ts], next_ids[bs, ts],
+                  q_hidden[bs, ts] if q_hidden is not None else None,
+                  p_hidden[bs, ts] if p_hidden is not None else None]
+        if compiled:
+            inputs = [_pad_rows(t, FEATURE_ROWS) for t in inputs]
+        part = rows_fn(*inputs)
+        parts.append({k: v[: len(bs)] for k, v in part.items()})
     rows = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     starts = torch.tensor([w.start for w in windows])
     rows["doc_id"] = torch.tensor([w.doc_id for w in windows])[b_idx].numpy()
@@ -211,7 +232,7 @@ def log_chunk(pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, prog
     pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     parts = []
     for batch in _batches(windows, cfg.batch_size):
-        rows = score_windows(pair, batch, cfg.hidden, pad_id=int(pad_id))
+        rows = score_windows(pair, batch, cfg.hidden, pad_id=int(pad_id), compiled=cfg.compile)
         parts.append(rows)
         if progress is not None:
             progress(len(rows["doc_id"]))
