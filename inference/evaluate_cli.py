@@ -48,6 +48,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--thresholds", type=list[float] | None, default=None,
                         help="learned rule: score thresholds to sweep (instead of --deferral-rates)")
     add_decode_arguments(parser)
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("--no-fidelity", action="store_true",
                         help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
     parser.add_argument("--out", type=str, default="evaluation", help="output folder (resumed when it exists)")
@@ -249,6 +251,12 @@ def main(argv: list[str]) -> int:
     from inference.report import summaries, write_report
 
     args = parse(build_parser(), argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DeferralError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = decode_config(args)
     ks = args.draft_tokens_list or [args.draft_tokens]
     points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args))

@@ -151,3 +151,11 @@ def write_report(rows: list[dict], out: Path, title: str) -> dict[str, Path]:
     plt.close(plot(rows, "relative_latency", "relative latency (target only = 1)", title, paths["latency_plot"]))
     plt.close(plot(rows, "deferral_rate", "deferral rate", title, paths["deferral_plot"]))
     return paths
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Every row in one markdown table, references first: the short view `deferral demo` prints."""
+    header = ["rule", "mode"] + ROW_COLUMNS
+    order = {"target": 0, "drafter": 1, "speculative": 2}
+    ranked = sorted(rows, key=lambda r: (order.get(r["rule"], 3), r["rule"], r["mode"], r["knob"] or 0))
+    return "\n".join(_table(header, [[r["rule"], r["mode"]] + _row_cells(r) for r in ranked])) + "\n"

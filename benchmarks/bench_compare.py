@@ -1,0 +1,172 @@
+"""Every way to decode, side by side on the same pair and prompts in one run: the target alone, the
+drafter alone, transformers' assisted generation, our lossless speculative decoding, the best
+hand-set rule and the learned rule. Reports relative speed, greedy equality where it is promised
+(lossless speculative decoding and assisted generation must reproduce the target's greedy tokens)
+and the task's quality.
+
+    DEFERRAL_CACHE_DIR=... python benchmarks/bench_compare.py --drafter DRAFTER [--target TARGET] \
+        [--task humaneval] [--limit 10] [--max-new-tokens 128] [--draft-tokens 5] \
+        [--rule token-v3 --alpha 0.6 | --results evaluation/humaneval/results.jsonl] \
+        [--router ROUTER_DIR --deferral-rate 0.3] [--json out.json]
+
+For each prompt every method runs back to back, so load drifts on a shared machine hit all methods
+alike; relative speed is target-only seconds over each method's seconds, summed over prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speculative import hf_generate  # noqa: E402
+from deferral.errors import DeferralError  # noqa: E402
+from deferral.pair import load_pair  # noqa: E402
+from deferral.rules import HAND_SET_RULES, make_rule  # noqa: E402
+from inference.config import DecodeConfig  # noqa: E402
+from inference.metrics import matches  # noqa: E402
+from inference.runner import encode_prompts, eos_token_ids, run  # noqa: E402
+from inference.tasks import make_task  # noqa: E402
+
+LOSSLESS = ("speculative (ours)", "assisted (transformers)")  # greedy output must equal the target's
+
+
+def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
+    """From an evaluate results.jsonl: the fastest speculative hand-set point that matches the
+    target's quality, or, when none does, the best quality (ties: faster)."""
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+    target = next((r for r in rows if r["rule"] == "target"), None)
+    candidates = [r for r in rows if r["rule"] in HAND_SET_RULES and r["mode"] == "speculative"]
+    if target is None or not candidates:
+        raise DeferralError(f"{results_path} has no target-only row or no hand-set speculative rows: run deferral evaluate")
+    matching = [r for r in candidates if matches(r["quality"], target["quality"])]
+    pick = min(matching, key=lambda r: r["relative_latency"]) if matching else \
+        max(candidates, key=lambda r: (r["quality"], -r["relative_latency"]))
+    return pick["rule"], pick["knob"]
+
+
+def build_methods(args, pair, target, drafter, eos):
+    """name -> function(prompt ids) returning (tokens, seconds, target_calls or None)."""
+    cfg = DecodeConfig(draft_tokens=args.draft_tokens, max_new_tokens=args.max_new_tokens)
+
+    def ours(rule):
+        def decode(prompt):
+            start = time.perf_counter()
+            [gen] = run(pair, rule, [prompt], cfg)
+            return gen.tokens, time.perf_counter() - start, gen.stats.target_calls
+        return decode
+
+    def assisted(prompt):
+        tokens, seconds = hf_generate(target, prompt, args.max_new_tokens, eos, assistant=drafter, k=args.draft_tokens)
+        return tokens, seconds, None
+
+    methods = {
+        "target only": ours(make_rule("target")),
+        "drafter only": ours(make_rule("drafter")),
+        "assisted (transformers)": assisted,
+        "speculative (ours)": ours(make_rule("speculative")),
+    }
+    rule_name, alpha = args.rule, args.alpha
+    if args.results:
+        rule_name, alpha = best_hand_set_rule(Path(args.results))
+    if rule_name:
+        methods[f"{rule_name} α={alpha:g} (best hand-set)"] = ours(make_rule(rule_name, alpha))
+    if args.router:
+        from inference.learned import load_learned_rule
+
+        rule = load_learned_rule(args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate)
+        methods[f"learned ({'rate' if args.deferral_rate is not None else 'threshold'}="
+                f"{args.deferral_rate if args.deferral_rate is not None else rule.threshold:g})"] = ours(rule)
+    return methods
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drafter", default=None, help="drafter (default: the embedded default drafter)")
+    parser.add_argument("--target", default=None, help="target (default: the embedded default target)")
+    parser.add_argument("--task", default="humaneval", help="humaneval, stdlib or hf:<dataset or file>")
+    parser.add_argument("--limit", type=int, default=10, help="number of task prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--draft-tokens", type=int, default=5, help="K for every drafting method")
+    parser.add_argument("--rule", default=None, help="hand-set rule to include (or pick it with --results)")
+    parser.add_argument("--alpha", type=float, default=None, help="α of --rule")
+    parser.add_argument("--results", default=None, help="an evaluate results.jsonl: include its best hand-set rule")
+    parser.add_argument("--router", default=None, help="router export folder: include the learned rule")
+    parser.add_argument("--deferral-rate", type=float, default=None, help="learned rule: target deferral rate")
+    parser.add_argument("--threshold", type=float, default=None, help="learned rule: score threshold")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return compare(args)
+    except DeferralError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def compare(args) -> int:
+    pair = load_pair(args.drafter, args.target)
+    eos = sorted(eos_token_ids(pair))
+    task = make_task(args.task, limit=args.limit,
+                     chat=bool(getattr(pair.tokenizer, "chat_template", None)) if args.task == "humaneval" else None)
+    examples = task.examples()
+    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    methods = build_methods(args, pair, pair.target.model, pair.drafter.model, eos)
+    for fn in methods.values():  # warm-up: first calls allocate and pick kernels
+        fn(prompts[0][:32])
+
+    outputs = {name: [] for name in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    target_calls = dict.fromkeys(methods, 0)
+    for i, prompt in enumerate(prompts):
+        for name, fn in methods.items():
+            tokens, took, calls = fn(prompt)
+            outputs[name].append(tokens)
+            seconds[name] += took
+            target_calls[name] += calls or 0
+        print(f"prompt {i + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+
+    reference = outputs["target only"]
+    rows = []
+    for name in methods:
+        replies = [pair.tokenizer.decode(t, skip_special_tokens=True) for t in outputs[name]]
+        tokens = sum(len(t) for t in outputs[name])
+        same = sum(a == b for a, b in zip(outputs[name], reference))
+        rows.append({
+            "method": name,
+            "relative_speed": seconds["target only"] / seconds[name],
+            "seconds": seconds[name],
+            "tokens": tokens,
+            "greedy_equal_to_target": f"{same}/{len(prompts)}",
+            "equality_promised": name in LOSSLESS,
+            "quality": task.score(examples, replies)[task.quality_key],
+            "tokens_per_target_call": tokens / target_calls[name] if target_calls[name] else None,
+        })
+    print(f"\n{task.quality_key} on {len(prompts)} {task.name} prompts, K={args.draft_tokens}, "
+          f"max {args.max_new_tokens} new tokens, greedy\n")
+    print(f"| method | relative speed | {task.quality_key} | greedy output = target | tokens / target call |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        equal = r["greedy_equal_to_target"] + (" (promised)" if r["equality_promised"] else "")
+        per_call = f"{r['tokens_per_target_call']:.2f}" if r["tokens_per_target_call"] else "—"
+        print(f"| {r['method']} | {r['relative_speed']:.2f}x | {r['quality']:.3f} | {equal} | {per_call} |")
+    broken = [r["method"] for r in rows if r["equality_promised"] and r["greedy_equal_to_target"].split("/")[0]
+              != str(len(prompts))]
+    if broken:
+        print(f"warning: greedy outputs differ from the target's for {', '.join(broken)}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

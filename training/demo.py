@@ -1,0 +1,110 @@
+"""`deferral demo`: the whole pipeline on the embedded default pair, end to end.
+
+1. log drafter/target distributions over a slice of the standard library (`deferral log`);
+2. train a router on them and export it (`deferral train fit`, `deferral export`);
+3. evaluate the learned speculative cascade against a hand-set rule, lossless speculative decoding,
+   the target and the drafter on a HumanEval subset (`deferral evaluate`);
+4. print the comparison table.
+
+Every step writes under --workdir and resumes when rerun. Each step runs as its own `deferral`
+process, exactly as a user would type it (the commands are printed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from inference.generate import add_pair_arguments, parse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral demo", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    add_pair_arguments(parser)
+    parser.add_argument("--workdir", type=str, default="runs/demo", help="where every step writes (resumable)")
+    parser.add_argument("--log-docs", type=int, default=16,
+                        help="standard-library files logged for training (at least 3: split by file)")
+    parser.add_argument("--router-config", type=str, default=str(REPO_ROOT / "configs" / "router.yaml"),
+                        help="configuration of `deferral train fit`")
+    parser.add_argument("--max-epochs", type=int, default=4, help="router training epochs")
+    parser.add_argument("--task", type=str, default="humaneval", help="evaluation task (see deferral evaluate --help)")
+    parser.add_argument("--limit", type=int, default=5, help="task examples evaluated (HumanEval: the first N problems)")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per problem")
+    parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
+    parser.add_argument("--hand-set-rule", type=str, default="token-v3", help="hand-set rule compared with the router")
+    parser.add_argument("--alphas", type=list[float], default=[0.3, 0.6], help="α values of the hand-set rule")
+    parser.add_argument("--deferral-rates", type=list[float], default=[0.2, 0.4],
+                        help="deferral rates of the learned rule")
+    parser.add_argument("--tracking-uri", type=str, default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    return parser
+
+
+def pair_flags(args) -> list[str]:
+    flags = ["--device", args.device, "--dtype", args.dtype]
+    for name in ("drafter", "target"):
+        if getattr(args, name):
+            flags += [f"--{name}", getattr(args, name)]
+    return flags
+
+
+def step(number: int, title: str, argv: list[str]) -> None:
+    """Run one `deferral` command as a child process, streaming its output and progress bars."""
+    print(f"\n[{number}/4] {title}\n$ deferral {' '.join(argv)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "deferral.cli", *argv])
+    if done.returncode != 0:
+        raise DeferralError(f"step {number} ({title}) failed with exit status {done.returncode}: see its message above, "
+                            "fix it and rerun `deferral demo` (finished steps are kept)")
+    print(f"[{number}/4] done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from inference.report import comparison_table
+
+    args = parse(build_parser(), argv)
+    if not Path(args.router_config).is_file():
+        raise DeferralError(f"router config {args.router_config} does not exist: pass --router-config FILE")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    logs, train_root, router, evaluation = work / "log", work / "router-training", work / "router", work / "evaluate"
+    start = time.perf_counter()
+
+    step(1, "log a slice of the standard library", [
+        "log", *pair_flags(args), "--data", "stdlib:train", "--out", str(logs),
+        "--max-docs", str(args.log_docs), "--tracking-uri", args.tracking_uri,
+    ])
+    if not (router / "router.json").is_file():
+        step(2, "train the router and export it", [
+            "train", "fit", "--config", args.router_config, "--data.path", str(logs),
+            "--trainer.max_epochs", str(args.max_epochs), "--trainer.default_root_dir", str(train_root),
+            "--mlflow.tracking_uri", args.tracking_uri,
+        ])
+        step(2, "export the router", [
+            "export", "--checkpoint", str(train_root / "checkpoints" / "best.ckpt"), "--out", str(router),
+        ])
+    else:
+        print(f"\n[2/4] router already exported in {router}", file=sys.stderr)
+    rule = args.hand_set_rule
+    step(3, f"evaluate the learned cascade on {args.task}", [
+        "evaluate", *pair_flags(args), "--task", args.task, "--limit", str(args.limit),
+        "--rules", f"[{rule}, learned]", "--alphas", json.dumps({rule: args.alphas}),
+        "--router", str(router), "--deferral-rates", json.dumps(args.deferral_rates),
+        "--modes", "[speculative]", "--draft-tokens", str(args.draft_tokens),
+        "--max-new-tokens", str(args.max_new_tokens), "--out", str(evaluation), "--tracking-uri", args.tracking_uri,
+    ])
+    rows = [json.loads(line) for line in (evaluation / "results.jsonl").read_text().splitlines() if line.strip()]
+    print(f"\n[4/4] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}; "
+          "relative latency: wall-clock over the target alone, same run)\n")
+    print(comparison_table(rows))
+    print(f"full tables: {evaluation / 'tables.md'}; plots: {evaluation / 'quality_vs_latency.png'}, "
+          f"{evaluation / 'quality_vs_deferral.png'}; total {time.perf_counter() - start:.0f} s")
+    return 0
