@@ -147,3 +147,14 @@ def test_pack_blocks_and_split():
     docs = [Document("code", u, "x") for u in ("a", "b", "c")] + [Document("code", "d", "x", heldout=True)]
     train, held = split_documents(docs, 0.0, ["b"])
     assert [d.unit for d in train] == ["a", "c"] and [d.unit for d in held] == ["b", "d"]
+
+
+def test_resumable_shuffle_continues_the_same_stream():
+    from itertools import islice
+
+    from training.distill_module import ResumableShuffle
+
+    full = list(islice(iter(ResumableShuffle(10, seed=5)), 35))  # three and a half passes
+    assert sorted(full[:10]) == list(range(10)) and full[:10] != full[10:20]  # a new order per pass
+    for start in (0, 7, 10, 23):
+        assert list(islice(iter(ResumableShuffle(10, seed=5, start=start)), 35 - start)) == full[start:]

@@ -240,7 +240,13 @@ def _fit_time_left(args) -> dict | None:
 
 def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+
+    class CommandTimer(Timer):
+        """--max-minutes bounds this command: time spent by earlier fits of a resumed run is not carried over."""
+
+        def load_state_dict(self, state_dict) -> None:
+            pass
 
     from training.distill_eval import agreement
     from training.distill_export import export_drafter
@@ -263,10 +269,11 @@ def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
-        max_steps=args.steps, max_epochs=-1, max_time=_fit_time_left(args),
+        max_steps=args.steps, max_epochs=-1,
         val_check_interval=min(args.val_every, max(1, train.shape[0] // args.batch_size)),
         check_val_every_n_epoch=None, gradient_clip_val=1.0, log_every_n_steps=10, num_sanity_val_steps=0,
-        logger=make_loggers(run, args.tracking_uri, args.experiment, run.name), callbacks=[checkpoint],
+        logger=make_loggers(run, args.tracking_uri, args.experiment, run.name),
+        callbacks=[checkpoint] + ([CommandTimer(_fit_time_left(args), interval="step")] if args.max_minutes else []),
         enable_model_summary=False, default_root_dir=str(run),
     )
     started = time.time()

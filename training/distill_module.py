@@ -12,7 +12,28 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+
+class ResumableShuffle(Sampler):
+    """Seeded shuffles, a fresh one per pass, starting `start` samples into the stream of passes.
+
+    A resumed fit starts at the sample after the last one trained on, so it neither repeats the data it
+    already saw nor restarts the first pass (pass e's order is randperm(n, seed + e)).
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0):
+        self.n, self.seed, self.start = n, seed, start
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.n)
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield from order[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return 1 << 40  # endless: max_steps ends the fit
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, topk: int | None, chunk: int = 8192):
@@ -82,7 +103,7 @@ class DistillModule(L.LightningModule):
             (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available(),
+            lr=self.hparams.lr, betas=(0.9, 0.95),  # not fused: Lightning clips gradients
         )
         warmup, total, floor = self.hparams.warmup_steps, self.hparams.total_steps, self.hparams.min_lr_ratio
 
@@ -108,9 +129,10 @@ class BlockDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
 
     def train_dataloader(self):
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(TensorDataset(self.train_blocks), batch_size=self.batch_size, shuffle=True,
-                          generator=gen, drop_last=True, num_workers=0)
+        done = self.trainer.global_step if self.trainer is not None else 0  # restored before this is called
+        sampler = ResumableShuffle(self.train_blocks.shape[0], self.seed, start=done * self.batch_size)
+        return DataLoader(TensorDataset(self.train_blocks), batch_size=self.batch_size, sampler=sampler,
+                          drop_last=True, num_workers=0)
 
     def val_dataloader(self):
         return [DataLoader(TensorDataset(self.val[n]), batch_size=self.val_batch_size) for n in self.val_names]
