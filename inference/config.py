@@ -26,6 +26,8 @@ class DecodeConfig:
             raise DeferralError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise DeferralError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.draft_confidence is not None and not 0 <= self.draft_confidence <= 1:
+            raise DeferralError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
         if self.max_new_tokens < 1:
             raise DeferralError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 

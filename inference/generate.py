@@ -26,6 +26,9 @@ def add_pair_arguments(parser: ArgumentParser) -> None:
 def add_decode_arguments(parser: ArgumentParser) -> None:
     """The decoding knobs shared by generate and evaluate."""
     parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
+    parser.add_argument("--draft-confidence", type=float | None, default=None,
+                        help="adaptive drafting: stop a step's drafts early once the drafter's top probability "
+                             "falls below this in every row (K stays the maximum; default: always K)")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
@@ -89,6 +92,7 @@ def decode_config(args) -> DecodeConfig:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        draft_confidence=getattr(args, "draft_confidence", None),
     )
 
 
@@ -130,5 +134,5 @@ def main(argv: list[str]) -> int:
     if not args.json:
         total = sum(g.stats.new_tokens for g in results)
         wall = max(g.stats.wall_s for g in results) if results else 0.0
-        print(f"[{args.rule}] {total} new tokens, {len(results)} prompt(s)", file=sys.stderr)
+        print(f"[{args.rule}] {total} new tokens, {len(results)} prompt(s), {wall:.2f} s", file=sys.stderr)
     return 0

@@ -69,11 +69,12 @@ def test_speculative_equals_target_through_the_cli(capsys, tiny_dir):
     args = ["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target_padded"),
             "--prompt", "x = [1, 2,", "--max-new-tokens", "12", "--json"]
     outputs = {}
-    for rule in ("target", "speculative"):
-        code, out, _ = generate(capsys, *args, "--rule", rule)
+    for name, flags in [("target", ["--rule", "target"]), ("speculative", ["--rule", "speculative"]),
+                        ("adaptive", ["--rule", "speculative", "--draft-confidence", "0.3", "--draft-tokens", "6"])]:
+        code, out, _ = generate(capsys, *args, *flags)
         assert code == 0
-        outputs[rule] = json.loads(out)["tokens"]
-    assert outputs["speculative"] == outputs["target"]
+        outputs[name] = json.loads(out)["tokens"]
+    assert outputs["speculative"] == outputs["adaptive"] == outputs["target"]
 
 
 def test_different_tokenizers_are_refused(capsys, tiny_dir):
@@ -107,6 +108,7 @@ def test_gguf_without_the_gguf_package(tiny_dir, tmp_path):
     (["--draft-tokens", "0"], ["--draft-tokens", "at least 1"]),
     (["--temperature", "-0.5"], ["--temperature", ">= 0"]),
     (["--top-p", "0"], ["--top-p"]),
+    (["--draft-confidence", "1.5"], ["--draft-confidence", "[0, 1]"]),
     (["--rule", "learned"], ["--router"]),
     (["--threshold", "0.3"], ["--threshold", "learned"]),
     (["--batch-size", "0"], ["--batch-size"]),
