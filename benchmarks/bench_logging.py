@@ -1,7 +1,7 @@
 """Logging throughput as a ratio to the bare teacher-forced forward passes of both models.
 
     python benchmarks/bench_logging.py --drafter PATH [--target PATH] [--data stdlib:heldout]
-        [--max-len 512] [--batch-size 8] [--docs 8] [--doc-chars 4000] [--repeats 3] [--device cpu] [--compile]
+        [--max-len 512] [--batch-size 8] [--docs 8] [--doc-chars 4000] [--repeats 3] [--device cpu] [--compile auto|on|off]
 
 Both sides see the same documents, windows and batches. "bare" runs the drafter's and the target's
 forward passes only; "logging" is the whole per-shard work of `deferral log` (tokenizing, windowing,
@@ -34,6 +34,7 @@ from training.log_pipeline import (  # noqa: E402
     feature_spec,
     log_chunk,
     make_windows,
+    should_compile,
     tokenize,
 )
 
@@ -89,13 +90,14 @@ def main() -> int:
     parser.add_argument("--doc-chars", type=int, default=4000, help="documents cut to this many characters")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the feature + label step")
+    parser.add_argument("--compile", default="auto", help="torch.compile the feature + label step: auto, on, off")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     docs = [(i, text[: args.doc_chars]) for i, text in islice(enumerate(open_corpus(args.data).documents()), args.docs)]
-    cfg = LogConfig(max_len=args.max_len, batch_size=args.batch_size, compile=args.compile)
+    cfg = LogConfig(max_len=args.max_len, batch_size=args.batch_size,
+                    compile=should_compile(args.compile, pair.vocab_size))
     bare_forwards(pair, docs[:1], cfg)  # warm-up (allocator, kernels)
     bare_s, log_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +109,7 @@ def main() -> int:
             log_s.append(t)
     assert logged == positions, (logged, positions)
     bare, log = statistics.median(bare_s), statistics.median(log_s)
-    print(f"pair: drafter={args.drafter} target={args.target or 'default'} device={args.device} dtype={args.dtype} compile={args.compile}")
+    print(f"pair: drafter={args.drafter} target={args.target or 'default'} device={args.device} dtype={args.dtype} compile={cfg.compile}")
     print(f"batches of {args.batch_size} x {args.max_len} tokens, {positions} positions per pass, {args.repeats} repeats")
     print(f"bare forwards: {positions / bare:9.1f} positions/s  ({bare:.2f} s)")
     print(f"logging:       {positions / log:9.1f} positions/s  ({log:.2f} s)")

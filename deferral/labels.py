@@ -49,3 +49,33 @@ def compute_labels(
         "label_gap_nll": logp.gather(-1, y)[:, 0] - logq.gather(-1, y)[:, 0],
         "tv": (q - p).clamp_min(0).sum(-1),
     }
+
+
+def labels_with_features(
+    features: torch.Tensor,
+    names: tuple[str, ...],
+    q_logits: torch.Tensor,
+    p_logits: torch.Tensor,
+    reference: torch.Tensor,
+    drafted: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """compute_labels for drafted = argmax q, reusing what compute_features already computed.
+
+    `features` (N, F) are compute_features(q_logits, p_logits, drafted[:, None])[:, 0] with layout
+    `names`: TV, the acceptance probability of the drafted token and argmax agreement are read from
+    them, so only the two loss gaps touch the (N, V) logits again (two logsumexp and one argmax
+    instead of two full softmaxes). Values equal compute_labels up to float rounding.
+    """
+    col = {name: i for i, name in enumerate(names)}
+    y = reference.long()[:, None]
+    q32, p32 = q_logits.float(), p_logits.float()
+    log_q_y = q32.gather(-1, y)[:, 0] - torch.logsumexp(q32, -1)  # (N,)
+    log_p_y = p32.gather(-1, y)[:, 0] - torch.logsumexp(p32, -1)
+    p_arg = p_logits.argmax(-1)
+    return {
+        "label_mismatch": (features[:, col["argmax_agree"]] < 0.5).to(torch.int8),
+        "label_accept_prob": features[:, col["accept_prob_tok"]],
+        "label_gap01": (drafted != reference).float() - (p_arg != reference).float(),
+        "label_gap_nll": log_p_y - log_q_y,
+        "tv": features[:, col["tv"]],
+    }

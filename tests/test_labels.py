@@ -51,3 +51,20 @@ def test_oracle_deferral_from_gap_and_tv():
     defer_at_0 = out["label_gap01"] > 0
     defer_at_inf = out["label_gap01"] > 1e9 * out["tv"]
     assert defer_at_inf.sum() <= defer_at_0.sum()
+
+
+def test_labels_with_features_equal_compute_labels():
+    from deferral.features import FeatureSpec, compute_features
+    from deferral.labels import labels_with_features
+
+    torch.manual_seed(1)
+    q, p = 3 * torch.randn(200, 50), 3 * torch.randn(200, 50)
+    y = torch.randint(0, 50, (200,))
+    drafted = q.argmax(-1)
+    features = compute_features(q, p, drafted[:, None])[:, 0, :]
+    fast = labels_with_features(features, FeatureSpec().names, q, p, y, drafted)
+    slow = compute_labels(q, p, y, drafted)
+    assert set(fast) == set(slow)
+    for name in slow:
+        assert fast[name].dtype == slow[name].dtype, name
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -87,6 +87,7 @@ def main_distributed(args) -> int:
     require_documents(job.corpus)
     # Load on CPU: Lightning moves the registered models to each rank's device.
     pair = load_pair(args.drafter, args.target, device="cpu", dtype=args.dtype)
+    job.use_pair_settings(pair, args.compile)
     job.prepare(pair)  # rank 0 creates the folder before the other ranks start; they only check it
     module = LogModule(job, pair, show_progress=not args.no_progress)
     trainer = L.Trainer(

@@ -19,7 +19,7 @@ import torch
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
-from deferral.labels import compute_labels
+from deferral.labels import labels_with_features
 from deferral.pair import Pair
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
@@ -42,6 +42,7 @@ class LogConfig:
     draft_tokens: int = 5
     seed: int = 0
     compile: bool = False  # torch.compile the feature + label step (fused kernels; a one-off compile cost)
+    # (resolve "auto" with should_compile before building a LogConfig)
 
     def validate(self) -> None:
         if self.max_len < 2:
@@ -80,6 +81,17 @@ def feature_spec(pair: Pair, hidden: str) -> FeatureSpec:
     )
 
 
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_MIN_VOCAB = 4096  # below this the per-position work is too small to repay compiling
+
+
+def should_compile(choice: str, vocab_size: int) -> bool:
+    """auto: compile for real vocabularies, where features and labels cost as much as the forward passes."""
+    if choice not in COMPILE_CHOICES:
+        raise DeferralError(f"--compile {choice} is unknown: choose auto, on or off")
+    return choice == "on" or (choice == "auto" and vocab_size >= COMPILE_MIN_VOCAB)
+
+
 def effective_max_len(pair: Pair, max_len: int) -> int:
     return max(2, min(max_len, pair.max_context))
 
@@ -116,7 +128,7 @@ def rows_from_logits(
         "token_id": next_tokens,
         "drafted_id": drafted,
         "features": features,
-        **compute_labels(q_logits, p_logits, next_tokens, drafted),
+        **labels_with_features(features, FeatureSpec().names, q_logits, p_logits, next_tokens, drafted),
     }
 
 
@@ -125,11 +137,23 @@ _COMPILED: dict = {}
 
 def _rows_fn(compiled: bool):
     """rows_from_logits, or its torch.compile'd form (static shapes: callers pad to FEATURE_ROWS rows)."""
-    if not compiled:
+    if not compiled or _COMPILED.get("failed"):
         return rows_from_logits
     if "rows" not in _COMPILED:
         _COMPILED["rows"] = torch.compile(rows_from_logits, dynamic=False)
     return _COMPILED["rows"]
+
+
+def _compiled_rows(*inputs) -> dict[str, torch.Tensor]:
+    """The compiled step; if this platform cannot compile (no C++ compiler, no Triton), eager from then on."""
+    try:
+        return _rows_fn(True)(*[_pad_rows(t, FEATURE_ROWS) for t in inputs])
+    except Exception as exc:  # torch raises backend-specific error types
+        import warnings
+
+        _COMPILED["failed"] = True
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}); computing features eagerly", stacklevel=2)
+        return rows_from_logits(*inputs)
 
 
 def _pad_rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -169,15 +193,13 @@ def score_windows(
     b_idx, t_idx = valid.nonzero(as_tuple=True)  # row order: window, then position
     b_dev, t_dev = b_idx.to(device), t_idx.to(device)
     parts: list[dict[str, torch.Tensor]] = []
-    rows_fn = _rows_fn(compiled)
+    use_compiled = compiled and not _COMPILED.get("failed")
     for s in range(0, len(b_idx), FEATURE_ROWS):
         bs, ts = b_dev[s : s + FEATURE_ROWS], t_dev[s : s + FEATURE_ROWS]
         inputs = [q_logits[bs, ts], p_logits[bs, ts], next_ids[bs, ts],
                   q_hidden[bs, ts] if q_hidden is not None else None,
                   p_hidden[bs, ts] if p_hidden is not None else None]
-        if compiled:
-            inputs = [_pad_rows(t, FEATURE_ROWS) for t in inputs]
-        part = rows_fn(*inputs)
+        part = _compiled_rows(*inputs) if use_compiled else rows_from_logits(*inputs)
         parts.append({k: v[: len(bs)] for k, v in part.items()})
     rows = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     starts = torch.tensor([w.start for w in windows])
