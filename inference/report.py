@@ -70,7 +70,7 @@ def _knob(row: dict) -> str:
 
 
 ROW_COLUMNS = ["knob", "K", "quality", "relative latency", "speed-up", "tokens / target call",
-               "target calls / token", "deferral rate", "acceptance"]
+               "target calls / token", "deferral rate", "acceptance", "ROUGE-L vs target", "target NLL"]
 
 
 def _row_cells(row: dict) -> list[str]:
@@ -79,6 +79,7 @@ def _row_cells(row: dict) -> list[str]:
         _fmt(1.0 / row["relative_latency"] if row["relative_latency"] else None, 2),
         _fmt(row["tokens_per_target_call"], 2), _fmt(row["target_calls_per_token"]),
         _fmt(row["deferral_rate"]), _fmt(row["acceptance_rate"]),
+        _fmt(row["metrics"].get("rouge_l_vs_target")), _fmt(row["metrics"].get("target_nll")),
     ]
 
 
