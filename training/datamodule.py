@@ -160,10 +160,11 @@ class FeatureDataModule(L.LightningDataModule):
         return FeatureSpec.from_dict(read_meta(self.path)["feature_spec"]).dim
 
     def setup(self, stage: str | None = None) -> None:
-        if self.arrays is not None:
-            return
-        arrays = read_arrays(self.path, self.limit_rows)
-        check_feature_spec(arrays.meta, FeatureSpec.from_dict(arrays.meta["feature_spec"]))
+        if not self.datasets:
+            self.use_arrays(read_arrays(self.path, self.limit_rows))
+
+    def use_arrays(self, arrays: LoggedArrays) -> None:
+        """Split and tensorise already-loaded columns (setup() reads them from `path`)."""
         check_feature_spec(arrays.meta, FeatureSpec())  # the decode loop computes the current layout
         masks = split_documents(arrays.columns["doc_id"], self.val_fraction, self.test_fraction, self.split_seed)
         self.arrays, self.meta = arrays, arrays.meta
