@@ -75,7 +75,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-minutes", type=float | None, default=None, help="stop fitting once the command has run this many minutes (rerun to resume)")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
     p.add_argument("--val-blocks", type=int, default=64, help="held-out blocks per set used during fitting")
-    p.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks per set in the final report")
+    p.add_argument("--eval-blocks", type=int, default=256,
+                   help="held-out blocks per set in the final report (--measure-only: 0 = cost only)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save the `last` checkpoint every N steps")
     # tracking and modes
     p.add_argument("--tracking-uri", type=str, default="sqlite:///mlflow.db", help="MLflow store; 'none' = files only")
@@ -89,9 +90,11 @@ def build_parser() -> ArgumentParser:
 
 
 def _check_args(args) -> None:
-    for name in ("steps", "batch_size", "block_size", "val_blocks", "eval_blocks", "new_tokens", "generate_batch_size"):
+    for name in ("steps", "batch_size", "block_size", "val_blocks", "new_tokens", "generate_batch_size"):
         if getattr(args, name) < 1:
             raise DeferralError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.eval_blocks < 0:
+        raise DeferralError("--eval-blocks must be at least 0 (0: --measure-only skips agreement)")
     if not 0 <= args.heldout_fraction < 1:
         raise DeferralError("--heldout-fraction must be in [0, 1)")
     if args.hidden % args.heads or args.heads % args.kv_heads:
@@ -319,7 +322,7 @@ def measure(args, run: Path) -> dict:
     onpolicy = torch.load(onpolicy_path, weights_only=True) if onpolicy_path.is_file() else None
     torch.set_num_threads(args.threads)
     out: dict = {"drafter": args.drafter, "target": pair.target.source}
-    for name, blocks in held_out_sets(corpus, onpolicy, args.eval_blocks).items():
+    for name, blocks in held_out_sets(corpus, onpolicy, args.eval_blocks).items() if args.eval_blocks else []:
         m = agreement(pair.drafter.model, pair.target.model, blocks, pair.vocab_size, batch_size=4, desc=name)
         out[f"agree_{name}"], out[f"tokens_{name}"] = m["agreement"], m["tokens"]
     out.update(relative_cost(pair.drafter.model, pair.target.model, pair.vocab_size, rounds=5))
