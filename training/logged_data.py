@@ -179,10 +179,8 @@ def write_dataset_index(out: Path, feature_dim: int) -> None:
     """state.json + dataset_info.json listing every finished shard in chunk order (datasets.load_from_disk)."""
     out = Path(out)
     files = [p.relative_to(out).as_posix() for _, p in sorted(finished_shards(out).items())]
-    if not files:  # load_from_disk needs at least one data file: write an empty one
-        empty = shard_path(out, 0, 0)
-        write_shard(empty, arrow_table({c: [] for c in COLUMNS if c != "features"} | {"features": np.zeros((0, feature_dim))}, feature_dim))
-        files = [empty.relative_to(out).as_posix()]
+    if not files:
+        raise DeferralError(f"{out} holds no finished shard yet: run `deferral log` to completion first")
     state = {
         "_data_files": [{"filename": f} for f in files],
         "_fingerprint": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16],
