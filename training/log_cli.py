@@ -7,6 +7,7 @@ Format: training/logged_data.py; guide: docs/logging.md.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -97,7 +98,6 @@ class LogJob:
     max_positions: int | None
     dtype: str
     world: int = 1
-    stats: dict = field(default_factory=dict)
 
     def use_pair_settings(self, pair, compile_choice: str) -> None:
         """Settings that depend on the loaded pair (whether compiling pays off)."""
@@ -130,8 +130,6 @@ class LogJob:
         run = self.fingerprint(pair)
         run_path = self.out / "run.json"
         if run_path.is_file():
-            import json
-
             previous = json.loads(run_path.read_text())
             if previous != json.loads(json.dumps(run)):
                 keys = sorted(k for k in set(previous) | set(run) if previous.get(k) != json.loads(json.dumps(run)).get(k))
@@ -188,6 +186,10 @@ class LogJob:
         fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
         tally.logged += table.num_rows
         tally.new += table.num_rows
+        tally.shards.append(chunk)
+        # Informational: the shards themselves are the record of what is finished.
+        fmt.write_json_atomic(fmt.shard_path(self.out, rank, 0).parent / "progress.json",
+                              {"rank": rank, "shards_this_run": tally.shards, "positions": tally.logged})
         if bar is not None:
             bar.set_postfix(docs=tally.docs, shard=chunk)
             self._estimate_total(bar, tally)
@@ -248,6 +250,7 @@ class Tally:
     logged: int = 0  # positions in this rank's shards, finished earlier or now
     new: int = 0  # positions logged by this process
     docs: int = 0
+    shards: list = field(default_factory=list)  # chunks written by this process
 
     def stats(self) -> dict:
         wall = time.perf_counter() - self.start

@@ -3,8 +3,9 @@
 Layout of an output folder OUT:
     OUT/meta.json                          format, feature spec, pair, corpus, mode, label definitions
     OUT/run.json                           the arguments that decide the rows (checked on resume)
-    OUT/progress.json                      finished shards and position counts (informational)
+    OUT/progress.json                      written once complete: shard and position counts
     OUT/shards/rank-RRRRR/chunk-CCCCCC.arrow   one Arrow stream file per chunk of documents
+    OUT/shards/rank-RRRRR/progress.json    updated after each shard of that rank (informational)
     OUT/state.json, OUT/dataset_info.json  written once the run is complete: `datasets.load_from_disk(OUT)`
 
 Chunk c always holds the same documents, whichever rank wrote it, so reading every finished shard in
