@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--draft-tokens", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--adaptive", type=float, default=0.4,
-                        help="also run ours with adaptive drafting at this drafter-confidence floor (0 = skip)")
+                        help="also run ours with adaptive drafting at this drafter-confidence floor, as transformers' "
+                             "assisted generation does by default (0 = skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = parser.parse_args(argv)
@@ -112,13 +113,12 @@ def main(argv=None) -> int:
     }
     for k in args.draft_tokens:
         methods[f"speculative K={k} (ours)"] = lambda p, k=k: ours(pair, "speculative", p, max_new, k)
+        if args.adaptive:
+            methods[f"speculative K<={k}, confidence floor {args.adaptive} (ours)"] = (
+                lambda p, k=k: ours(pair, "speculative", p, max_new, k, adaptive=args.adaptive)
+            )
         methods[f"assisted K={k} (transformers)"] = (
             lambda p, k=k: hf_generate(target, p, max_new, eos, assistant=drafter, k=k) + (None,)
-        )
-    if args.adaptive:
-        kmax = max(args.draft_tokens) + 3
-        methods[f"speculative adaptive K<={kmax} (ours)"] = (
-            lambda p: ours(pair, "speculative", p, max_new, kmax, adaptive=args.adaptive)
         )
     methods["assisted defaults (transformers)"] = (
         lambda p: hf_generate(target, p, max_new, eos, assistant=drafter) + (None,)

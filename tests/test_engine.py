@@ -18,18 +18,9 @@ from inference.config import DecodeConfig
 from inference.runner import encode_prompts, run
 from inference.speculative import SpeculativeDecoder, speculative_generate
 from tests.tiny_models import make_noisy_copy
+from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 TEXTS = ["def add(a, b):\n    return", "x", "The quick brown fox jumps over"]  # 3 lengths: left padding
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine thread spinning makes
-    them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

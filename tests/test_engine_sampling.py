@@ -19,17 +19,10 @@ from inference.runner import encode_prompts, run
 from inference.speculative import rule_inputs
 from tests.stats_helpers import assert_rate, chi_square_pvalue
 from tests.tiny_models import make_noisy_copy
+from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 ROWS = 3000
 PROMPT = "def f(x):"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

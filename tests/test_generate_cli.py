@@ -11,14 +11,7 @@ import pytest
 import torch
 
 from deferral.cli import main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture

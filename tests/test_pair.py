@@ -11,14 +11,7 @@ import torch
 from deferral import pair as pair_module
 from deferral.errors import DeferralError
 from deferral.pair import load_model, load_pair
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 
 def test_tiny_pair_round_trips_through_from_pretrained(tiny_pair, tiny_dir):

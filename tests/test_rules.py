@@ -13,6 +13,7 @@ from deferral.rules import HAND_SET_RULES, RULE_NAMES, Learned, make_rule
 from inference.acceptance import accept_drafts, residual_sample
 from inference.config import DecodeConfig
 from inference.speculative import rule_inputs
+from tests.single_thread import one_thread  # noqa: F401  (autouse)
 from tests.stats_helpers import assert_rate, chi_square_pvalue
 
 V = 20  # >= the features' rank cap (16)
