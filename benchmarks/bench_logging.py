@@ -4,10 +4,11 @@
         [--max-len 512] [--batch-size 8] [--docs 8] [--doc-chars 4000] [--repeats 3] [--device cpu] [--compile auto|on|off]
 
 Both sides see the same documents, windows and batches. "bare" runs the drafter's and the target's
-forward passes only; "logging" is the whole per-shard work of `deferral log` (tokenizing, windowing,
-both forward passes, features, labels, the Arrow shard written and fsynced). The reported ratio is
-logging positions/s divided by bare positions/s (1.0 = logging adds nothing to the forward passes).
-Each side is timed `--repeats` times, interleaved, and the medians are compared.
+forward passes only; "logging" is the per-shard work of `deferral log` (tokenizing, windowing, both
+forward passes, features, labels, sorting, the Arrow shard written and fsynced). The reported ratio
+is logging positions/s divided by bare positions/s (1.0 = logging adds nothing to the forward
+passes). The two alternate batch by batch so that a shared machine's load falls on both alike;
+medians over `--repeats` passes are compared.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,8 +34,8 @@ from training.log_pipeline import (  # noqa: E402
     _batches,
     effective_max_len,
     feature_spec,
-    log_chunk,
     make_windows,
+    score_windows,
     should_compile,
     tokenize,
 )
@@ -44,39 +46,68 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(device: torch.device, fn) -> tuple[float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+def _padded(pair, batch, pad: int):
+    longest = max(len(w.tokens) for w in batch)
+    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, w in enumerate(batch):
+        ids[b, : len(w.tokens)] = torch.tensor(w.tokens)
+        mask[b, : len(w.tokens)] = 1
+    return ids.to(pair.device), mask.to(pair.device)
+
+
 @torch.inference_mode()
-def bare_forwards(pair, docs, cfg: LogConfig) -> tuple[float, int]:
-    """Seconds for both models' forward passes over the batches `log_chunk` builds; positions covered."""
-    max_len = effective_max_len(pair, cfg.max_len)
-    windows = [w for i, text in docs for w in make_windows(i, tokenize(pair, text), max_len)]
-    pad = pair.tokenizer.pad_token_id or 0
-    batches = []
-    for batch in _batches(windows, cfg.batch_size):
-        longest = max(len(w.tokens) for w in batch)
-        ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, w in enumerate(batch):
-            ids[b, : len(w.tokens)] = torch.tensor(w.tokens)
-            mask[b, : len(w.tokens)] = 1
-        batches.append((ids.to(pair.device), mask.to(pair.device)))
-    positions = sum(len(w.tokens) - 1 for w in windows)
-    _sync(pair.device)
-    start = time.perf_counter()
-    for ids, mask in batches:
-        pair.drafter.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        pair.target.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    _sync(pair.device)
-    return time.perf_counter() - start, positions
+def bare_forwards(pair, ids, mask) -> None:
+    """Both models' teacher-forced forward passes over one batch, nothing else."""
+    pair.drafter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    pair.target.model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
-def logging_pass(pair, docs, cfg: LogConfig, folder: Path) -> tuple[float, int]:
+def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[float, float, int]:
+    """(bare seconds, logging seconds, positions) per pass over `docs`, medians over repeats.
+
+    Bare and logging alternate batch by batch (in alternating order), so that the load of a shared
+    machine falls on both alike. Logging = tokenizing and windowing the documents, score_windows on
+    every batch (both forwards, features, labels), sorting the rows and writing the shard.
+    """
+    pad = int(pair.tokenizer.pad_token_id or 0)
     dim = feature_spec(pair, cfg.hidden).dim
-    _sync(pair.device)
-    start = time.perf_counter()
-    rows = log_chunk(pair, docs, cfg)
-    fmt.write_shard(fmt.shard_path(folder, 0, 0), fmt.arrow_table(rows, dim))
-    _sync(pair.device)
-    return time.perf_counter() - start, len(rows["doc_id"])
+    max_len = effective_max_len(pair, cfg.max_len)
+    bare_runs, log_runs = [], []
+    for r in range(repeats):
+        prep_s, windows = _timed(pair.device, lambda: [
+            w for i, text in docs for w in make_windows(i, tokenize(pair, text), max_len)])
+        bare_s, log_s, parts = 0.0, prep_s, []
+        for b, batch in enumerate(_batches(windows, cfg.batch_size)):
+            ids, mask = _padded(pair, batch, pad)
+            for step in ((0, 1) if (r + b) % 2 == 0 else (1, 0)):
+                if step == 0:
+                    t, _ = _timed(pair.device, lambda: bare_forwards(pair, ids, mask))
+                    bare_s += t
+                else:
+                    t, rows = _timed(pair.device, lambda: score_windows(pair, batch, cfg.hidden, pad, cfg.compile))
+                    log_s += t
+                    parts.append(rows)
+
+        def finish():
+            rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            order = np.lexsort((rows["position"], rows["doc_id"]))
+            rows = {k: v[order] for k, v in rows.items()}
+            fmt.write_shard(fmt.shard_path(folder, 0, 0), fmt.arrow_table(rows, dim))
+            return len(order)
+
+        t, positions = _timed(pair.device, finish)
+        bare_runs.append(bare_s)
+        log_runs.append(log_s + t)
+    return statistics.median(bare_runs), statistics.median(log_runs), positions
 
 
 def main() -> int:
@@ -98,17 +129,9 @@ def main() -> int:
     docs = [(i, text[: args.doc_chars]) for i, text in islice(enumerate(open_corpus(args.data).documents()), args.docs)]
     cfg = LogConfig(max_len=args.max_len, batch_size=args.batch_size,
                     compile=should_compile(args.compile, pair.vocab_size))
-    bare_forwards(pair, docs[:1], cfg)  # warm-up (allocator, kernels)
-    bare_s, log_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        logging_pass(pair, docs[:1], cfg, Path(tmp))
-        for _ in range(args.repeats):
-            t, positions = bare_forwards(pair, docs, cfg)
-            bare_s.append(t)
-            t, logged = logging_pass(pair, docs, cfg, Path(tmp))
-            log_s.append(t)
-    assert logged == positions, (logged, positions)
-    bare, log = statistics.median(bare_s), statistics.median(log_s)
+        measure(pair, docs[:1], cfg, 1, Path(tmp))  # warm-up: allocator, kernels, compilation
+        bare, log, positions = measure(pair, docs, cfg, args.repeats, Path(tmp))
     print(f"pair: drafter={args.drafter} target={args.target or 'default'} device={args.device} dtype={args.dtype} compile={cfg.compile}")
     print(f"batches of {args.batch_size} x {args.max_len} tokens, {positions} positions per pass, {args.repeats} repeats")
     print(f"bare forwards: {positions / bare:9.1f} positions/s  ({bare:.2f} s)")
