@@ -6,7 +6,7 @@ and the task's quality.
 
     DEFERRAL_CACHE_DIR=... python benchmarks/bench_compare.py --drafter DRAFTER [--target TARGET] \
         [--task humaneval] [--limit 10] [--max-new-tokens 128] [--draft-tokens 5] \
-        [--rule token-v3 --alpha 0.6 | --results evaluation/humaneval/results.jsonl] \
+        [--rule token-v3 --alpha 0.6 | --results runs/evaluate/humaneval/results.jsonl] \
         [--router ROUTER_DIR --deferral-rate 0.3] [--json out.json]
 
 For each prompt every method runs back to back, so load drifts on a shared machine hit all methods

@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("--no-fidelity", action="store_true",
                         help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
-    parser.add_argument("--out", type=str, default="evaluation", help="output folder (resumed when it exists)")
+    parser.add_argument("--out", type=str, default="runs/evaluate", help="output folder (resumed when it exists)")
     parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
     parser.add_argument("--experiment", type=str, default="deferral-evaluate", help="MLflow experiment name")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
