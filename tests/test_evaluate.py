@@ -156,3 +156,9 @@ def test_summarize_counts_by_hand():
     assert row["relative_latency"] == 0.5 and row["quality"] == 0.4
     assert row["tokens_per_target_call"] == 2.0 and row["target_calls_per_token"] == 0.5
     assert row["deferral_rate"] == 0.25 and row["acceptance_rate"] == 0.4
+
+
+def test_demo_refuses_a_missing_router_config_in_one_line(tmp_path, capsys):
+    assert cli(["demo", "--router-config", str(tmp_path / "none.yaml"), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "router config" in err[0] and "--router-config" in err[0]
