@@ -151,10 +151,17 @@ def test_limits(tiny_dir, tmp_path):
     log_main(log_args(tiny_dir, corpus, out, "--max-docs", "4", "--docs-per-shard", "3"))
     ds, _ = fmt.load_logged(out)
     assert sorted(set(ds["doc_id"])) == [0, 1, 2, 3]
-    out = tmp_path / "positions"
-    log_main(log_args(tiny_dir, corpus, out, "--max-positions", "100", "--docs-per-shard", "1"))
-    ds, _ = fmt.load_logged(out)
-    assert ds.num_rows == 100
+    # --max-positions stops inside a long document: the first rows of an unlimited run, no more.
+    long_doc = tmp_path / "long.txt"
+    long_doc.write_text(" ".join(WORDS * 30))
+    limited, full = tmp_path / "positions", tmp_path / "full"
+    log_main(log_args(tiny_dir, long_doc, limited, "--max-positions", "100"))
+    log_main(log_args(tiny_dir, long_doc, full))
+    a, b = arrays(fmt.load_logged(limited)[0]), arrays(fmt.load_logged(full)[0])
+    assert len(a["doc_id"]) == 100 and len(b["doc_id"]) > 1000
+    for column in ["doc_id", "position", "token_id", "drafted_id"]:
+        np.testing.assert_array_equal(a[column], b[column][:100])
+    np.testing.assert_allclose(a["features"], b["features"][:100], rtol=1e-5, atol=1e-6)
 
 
 def test_resume_with_other_arguments_is_refused(logged, tiny_dir):

@@ -22,7 +22,7 @@ from deferral.errors import DeferralError
 from inference.generate import add_pair_arguments, parse
 from training import logged_data as fmt
 from training.corpora import Corpus, open_corpus
-from training.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, should_compile, truncate_rows
+from training.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, should_compile
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -179,9 +179,8 @@ class LogJob:
             if bar is not None:
                 bar.update(rows_done)
             return True
-        rows = log_chunk(pair, docs, self.cfg, progress=bar.update if bar is not None else None)
-        if budget is not None and tally.logged + len(rows["doc_id"]) > budget:
-            rows = truncate_rows(rows, budget - tally.logged)
+        remaining = None if budget is None else budget - tally.logged
+        rows = log_chunk(pair, docs, self.cfg, progress=bar.update if bar is not None else None, max_rows=remaining)
         table = fmt.arrow_table(rows, feature_spec(pair, self.cfg.hidden).dim)
         fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
         tally.logged += table.num_rows

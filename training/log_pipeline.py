@@ -240,10 +240,24 @@ def _on_policy_windows(pair: Pair, docs: list[tuple[int, list[int]]], cfg: LogCo
     return windows
 
 
-def log_chunk(pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, progress=None) -> dict[str, np.ndarray]:
+def _first_windows(windows: list[Window], max_rows: int) -> list[Window]:
+    """The windows (in document order) that hold the first max_rows rows."""
+    kept, rows = [], 0
+    for w in windows:
+        if rows >= max_rows:
+            break
+        kept.append(w)
+        rows += len(w.tokens) - 1 - w.log_from
+    return kept
+
+
+def log_chunk(
+    pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, progress=None, max_rows: int | None = None
+) -> dict[str, np.ndarray]:
     """Rows of one chunk of (doc_id, text) documents, sorted by (doc_id, position).
 
-    `progress(n_positions)` is called after each batch (a tqdm update, for example).
+    `progress(n_positions)` is called after each batch (a tqdm update, for example). `max_rows`
+    keeps only the first rows in document order, and skips scoring the windows beyond them.
     """
     max_len = effective_max_len(pair, cfg.max_len)
     tokenized = [(doc_id, tokenize(pair, text)) for doc_id, text in documents]
@@ -251,6 +265,8 @@ def log_chunk(pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, prog
         windows = _on_policy_windows(pair, tokenized, cfg, max_len)
     else:
         windows = [w for doc_id, ids in tokenized for w in make_windows(doc_id, ids, max_len)]
+    if max_rows is not None:
+        windows = _first_windows(windows, max_rows)
     pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     parts = []
     for batch in _batches(windows, cfg.batch_size):
@@ -261,7 +277,7 @@ def log_chunk(pair: Pair, documents: list[tuple[int, str]], cfg: LogConfig, prog
     if not parts:
         return empty_rows(feature_spec(pair, cfg.hidden).dim)
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.lexsort((rows["position"], rows["doc_id"]))
+    order = np.lexsort((rows["position"], rows["doc_id"]))[:max_rows]
     return {k: v[order] for k, v in rows.items()}
 
 
@@ -272,7 +288,4 @@ def empty_rows(feature_dim: int) -> dict[str, np.ndarray]:
     rows["features"] = np.zeros((0, feature_dim), dtype=np.float32)
     return rows
 
-
-def truncate_rows(rows: dict[str, np.ndarray], keep: int) -> dict[str, np.ndarray]:
-    return {k: v[:keep] for k, v in rows.items()}
 
