@@ -26,7 +26,7 @@ def cut_examples(
     """Cut (name, text) files into at most `count` examples, one per file, at a seeded line.
 
     The cut lands before a non-blank line that has at least `reference_lines` lines after it and
-    `min(context_lines, 10)` before it.
+    `min(context_lines, 10)` before it. The prompt ends where its last line ends (no newline).
     """
     rng = random.Random(seed)
     order = list(range(len(files)))
@@ -42,10 +42,19 @@ def cut_examples(
         if not cuts:
             continue
         cut = rng.choice(cuts)
-        prompt = "\n".join(lines[max(0, cut - context_lines) : cut]) + "\n"
+        # The prompt stops before the newline that ends its last line: BPE tokenizers merge a newline
+        # with the next line's indentation, so a prompt ending in a bare "\n" would force a token
+        # boundary the model never saw in training. The continuation starts with that newline.
+        prompt = "\n".join(lines[max(0, cut - context_lines) : cut])
         reference = "\n".join(lines[cut : cut + reference_lines])
         examples.append(Example(id=f"{name}:{cut + 1}", prompt=prompt, reference=reference))
     return examples
+
+
+def after_line_end(continuation: str) -> str:
+    """What follows the newline that closes the prompt's last line: the model's next lines. A
+    continuation that first extends the prompt's last line keeps that text as its first line."""
+    return continuation[1:] if continuation.startswith("\n") else continuation
 
 
 class StdlibContinuation(Task):
@@ -75,7 +84,7 @@ class StdlibContinuation(Task):
         return examples
 
     def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
-        return mean_metrics([reference_metrics(r, e.reference or "") for e, r in zip(examples, replies)])
+        return mean_metrics([reference_metrics(after_line_end(r), e.reference or "") for e, r in zip(examples, replies)])
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root), "limit": self.limit, "seed": self.seed,
