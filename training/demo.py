@@ -31,8 +31,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
     parser.add_argument("--workdir", type=str, default="runs/demo", help="where every step writes (resumable)")
-    parser.add_argument("--log-docs", type=int, default=16,
-                        help="standard-library files logged for training (at least 3: split by file)")
+    parser.add_argument("--log-docs", type=int, default=24,
+                        help="at most this many standard-library files logged for training (at least 3: split by file)")
+    parser.add_argument("--log-positions", type=int, default=40000, help="at most this many token positions logged")
     parser.add_argument("--router-config", type=str, default=str(REPO_ROOT / "configs" / "router.yaml"),
                         help="configuration of `deferral train fit`")
     parser.add_argument("--max-epochs", type=int, default=4, help="router training epochs")
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
 
     step(1, "log a slice of the standard library", [
         "log", *pair_flags(args), "--data", "stdlib:train", "--out", str(logs),
-        "--max-docs", str(args.log_docs), "--tracking-uri", args.tracking_uri,
+        "--max-docs", str(args.log_docs), "--max-positions", str(args.log_positions), "--tracking-uri", args.tracking_uri,
     ])
     if not (router / "router.json").is_file():
         step(2, "train the router and export it", [
