@@ -78,8 +78,9 @@ def hf_generate(model, prompt: list[int], max_new: int, eos: list[int], assistan
     return new, seconds
 
 
-def ours(pair, rule_name: str, prompt: list[int], max_new: int, k: int, adaptive: float | None = None):
-    cfg = DecodeConfig(draft_tokens=k, max_new_tokens=max_new, draft_confidence=adaptive)
+def ours(pair, rule_name: str, prompt: list[int], max_new: int, k: int, adaptive: float | None = None,
+         schedule: str = "constant"):
+    cfg = DecodeConfig(draft_tokens=k, max_new_tokens=max_new, draft_confidence=adaptive, draft_schedule=schedule)
     start = time.perf_counter()
     [gen] = run(pair, make_rule(rule_name), [prompt], cfg)
     return gen.tokens, time.perf_counter() - start, gen.stats
@@ -95,6 +96,9 @@ def main(argv=None) -> int:
     parser.add_argument("--adaptive", type=float, default=0.4,
                         help="also run ours with adaptive drafting at this drafter-confidence floor, as transformers' "
                              "assisted generation does by default (0 = skip)")
+    parser.add_argument("--heuristic", action="store_true",
+                        help="also run ours with the heuristic draft-length schedule")
+    parser.add_argument("--no-defaults", action="store_true", help="skip transformers' assisted defaults")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = parser.parse_args(argv)
@@ -117,12 +121,17 @@ def main(argv=None) -> int:
             methods[f"speculative K<={k}, confidence floor {args.adaptive} (ours)"] = (
                 lambda p, k=k: ours(pair, "speculative", p, max_new, k, adaptive=args.adaptive)
             )
+        if args.heuristic:
+            methods[f"speculative K<={k}, heuristic schedule (ours)"] = (
+                lambda p, k=k: ours(pair, "speculative", p, max_new, k, schedule="heuristic")
+            )
         methods[f"assisted K={k} (transformers)"] = (
             lambda p, k=k: hf_generate(target, p, max_new, eos, assistant=drafter, k=k) + (None,)
         )
-    methods["assisted defaults (transformers)"] = (
-        lambda p: hf_generate(target, p, max_new, eos, assistant=drafter) + (None,)
-    )
+    if not args.no_defaults:
+        methods["assisted defaults (transformers)"] = (
+            lambda p: hf_generate(target, p, max_new, eos, assistant=drafter) + (None,)
+        )
 
     # Warm up every code path once (first calls allocate and pick kernels).
     for fn in methods.values():

@@ -18,6 +18,9 @@ class DecodeConfig:
     # Adaptive drafting: stop a step's drafting early once the drafter's confidence (max q) at the
     # next position falls below this floor in every row (None = always draft K tokens).
     draft_confidence: float | None = None
+    # Draft-length schedule: "constant" drafts K per step; "heuristic" starts at K, drafts 2 more
+    # (up to K) after a step whose drafts were all kept and 1 fewer (down to 1) otherwise.
+    draft_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:
@@ -28,6 +31,8 @@ class DecodeConfig:
             raise DeferralError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.draft_confidence is not None and not 0 <= self.draft_confidence <= 1:
             raise DeferralError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
+        if self.draft_schedule not in ("constant", "heuristic"):
+            raise DeferralError(f"--draft-schedule must be constant or heuristic, got '{self.draft_schedule}'")
         if self.max_new_tokens < 1:
             raise DeferralError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 

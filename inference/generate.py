@@ -29,6 +29,9 @@ def add_decode_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--draft-confidence", type=float | None, default=None,
                         help="adaptive drafting: stop a step's drafts early once the drafter's top probability "
                              "falls below this in every row (K stays the maximum; default: always K)")
+    parser.add_argument("--draft-schedule", type=str, default="constant",
+                        help="constant: K drafts per step; heuristic: 2 more (up to K) after a step that kept "
+                             "every draft, 1 fewer (down to 1) otherwise")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
@@ -93,6 +96,7 @@ def decode_config(args) -> DecodeConfig:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         draft_confidence=getattr(args, "draft_confidence", None),
+        draft_schedule=getattr(args, "draft_schedule", "constant"),
     )
 
 

@@ -75,6 +75,7 @@ class SpeculativeDecoder:
         self.pad_id = pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.lossless = is_lossless(rule)
+        self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
         ids, valid = left_pad(prompts, pad_id, self.device)
         prefill(self.d_lm, ids, valid)
         prefill(self.t_lm, ids, valid)
@@ -110,7 +111,7 @@ class SpeculativeDecoder:
         cfg, floor = self.cfg, self.cfg.draft_confidence
         tokens, valid = self._first_drafter_input()
         q_steps, drafts = [], []
-        for j in range(cfg.draft_tokens):
+        for j in range(self.k_now):
             logits = self.d_lm.forward(tokens, valid, last_only=True)[:, -1]  # (B, V)
             if floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all()):
                 return torch.stack(q_steps, 1), torch.stack(drafts, 1), logits
@@ -169,6 +170,9 @@ class SpeculativeDecoder:
             lacks = n_kept == k  # rows that keep every draft, the last of which the drafter never fed
             if bool(lacks.any()):
                 self.pending = torch.where(lacks, drafts[:, -1], -1)
+        if cfg.draft_schedule == "heuristic":  # depends on past steps only: the output law is unchanged
+            all_kept = bool((n_kept == k).all())
+            self.k_now = min(cfg.draft_tokens, self.k_now + 2) if all_kept else max(1, self.k_now - 1)
         self._commit(drafts, n_kept, next_token, deferred, drafter_calls=k + int(fed_last))
 
     def _commit(self, drafts, n_kept, next_token, deferred, drafter_calls: int) -> None:

@@ -84,6 +84,11 @@ def test_adaptive_drafting_is_lossless(pairs):
         for floor in (0.2, 0.6):
             gens = decode(pairs[name], make_rule("speculative"), draft_tokens=6, draft_confidence=floor)
             assert tokens(gens) == target
+        gens = decode(pairs[name], make_rule("speculative"), draft_tokens=6, draft_schedule="heuristic")
+        assert tokens(gens) == target
+        gens = decode(pairs[name], make_rule("token-v3", -1.0), draft_tokens=4, draft_schedule="heuristic",
+                      batch_size=3)
+        assert tokens(gens) == target
         # a hand-set rule takes q at the bonus position from the adaptive look-ahead
         gens = decode(pairs[name], make_rule("chow", 0.0), draft_tokens=6, draft_confidence=0.4)
         assert tokens(gens) == target
