@@ -133,7 +133,7 @@ class FeatureDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str = "logs/stdlib",
-        target: str = "gap01",
+        target: str = "gap_nll",
         batch_size: int = 8192,
         eval_batch_size: int = 65536,
         val_fraction: float = 0.1,

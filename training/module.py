@@ -41,7 +41,7 @@ class RouterModule(L.LightningModule):
     def __init__(
         self,
         num_features: int = 0,
-        target: str = "gap01",
+        target: str = "gap_nll",
         objective: str = "classify",
         hidden: int = 128,
         layers: int = 2,
