@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--workdir", type=str, default="runs/demo", help="where every step writes (resumable)")
     parser.add_argument("--log-docs", type=int, default=24,
                         help="at most this many standard-library files logged for training (at least 3: split by file)")
-    parser.add_argument("--log-positions", type=int, default=40000, help="at most this many token positions logged")
+    parser.add_argument("--log-positions", type=int, default=8000, help="at most this many token positions logged")
     parser.add_argument("--router-config", type=str, default=str(REPO_ROOT / "configs" / "router.yaml"),
                         help="configuration of `deferral train fit`")
     parser.add_argument("--max-epochs", type=int, default=4, help="router training epochs")
