@@ -71,8 +71,9 @@ def bare_forwards(pair, ids, mask) -> None:
     pair.target.model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
-def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[float, float, int]:
-    """(bare seconds, logging seconds, positions) per pass over `docs`, medians over repeats.
+def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[float, float, int, list[float]]:
+    """(bare seconds, logging seconds, positions) per pass over `docs` (medians over repeats), and the
+    bare/logging time ratio of every batch (robust to load spikes on a shared machine).
 
     Bare and logging alternate batch by batch (in alternating order), so that the load of a shared
     machine falls on both alike. Logging = tokenizing and windowing the documents, score_windows on
@@ -81,13 +82,14 @@ def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[flo
     pad = int(pair.tokenizer.pad_token_id or 0)
     dim = feature_spec(pair, cfg.hidden).dim
     max_len = effective_max_len(pair, cfg.max_len)
-    bare_runs, log_runs = [], []
+    bare_runs, log_runs, batch_ratios = [], [], []
     for r in range(repeats):
         prep_s, windows = _timed(pair.device, lambda: [
             w for i, text in docs for w in make_windows(i, tokenize(pair, text), max_len)])
         bare_s, log_s, parts = 0.0, prep_s, []
         for b, batch in enumerate(_batches(windows, cfg.batch_size)):
             ids, mask = _padded(pair, batch, pad)
+            bare_before, log_before = bare_s, log_s
             for step in ((0, 1) if (r + b) % 2 == 0 else (1, 0)):
                 if step == 0:
                     t, _ = _timed(pair.device, lambda: bare_forwards(pair, ids, mask))
@@ -96,6 +98,7 @@ def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[flo
                     t, rows = _timed(pair.device, lambda: score_windows(pair, batch, cfg.hidden, pad, cfg.compile))
                     log_s += t
                     parts.append(rows)
+            batch_ratios.append((bare_s - bare_before) / (log_s - log_before))
 
         def finish():
             rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -107,7 +110,7 @@ def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[flo
         t, positions = _timed(pair.device, finish)
         bare_runs.append(bare_s)
         log_runs.append(log_s + t)
-    return statistics.median(bare_runs), statistics.median(log_runs), positions
+    return statistics.median(bare_runs), statistics.median(log_runs), positions, batch_ratios
 
 
 def main() -> int:
@@ -131,12 +134,13 @@ def main() -> int:
                     compile=should_compile(args.compile, pair.vocab_size))
     with tempfile.TemporaryDirectory() as tmp:
         measure(pair, docs[:1], cfg, 1, Path(tmp))  # warm-up: allocator, kernels, compilation
-        bare, log, positions = measure(pair, docs, cfg, args.repeats, Path(tmp))
+        bare, log, positions, ratios = measure(pair, docs, cfg, args.repeats, Path(tmp))
     print(f"pair: drafter={args.drafter} target={args.target or 'default'} device={args.device} dtype={args.dtype} compile={cfg.compile}")
     print(f"batches of {args.batch_size} x {args.max_len} tokens, {positions} positions per pass, {args.repeats} repeats")
     print(f"bare forwards: {positions / bare:9.1f} positions/s  ({bare:.2f} s)")
     print(f"logging:       {positions / log:9.1f} positions/s  ({log:.2f} s)")
-    print(f"ratio logging / bare: {bare / log:.3f}")
+    print(f"ratio logging / bare: {bare / log:.3f} (median over {len(ratios)} batches of the per-batch ratio: "
+          f"{statistics.median(ratios):.3f}, without tokenizing and shard writing)")
     return 0
 
 
