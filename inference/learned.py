@@ -13,19 +13,20 @@ from deferral.rules import Learned
 def pair_mismatch(trained: dict, loaded: dict) -> str | None:
     """How the loaded pair's identity differs from the one a router was trained on, or None.
 
-    Both arguments are Pair.identity() dicts. The router's features are distributions of the
-    target over its tokenizer, so the tokenizer, the target's weights/config and the shared
-    vocabulary size must agree; the drafter may change.
+    Both arguments are Pair.identity() dicts. The router's features describe both models'
+    distributions over one tokenizer, so the tokenizer, each model's weights/config and the shared
+    vocabulary size must agree: a router learned on one drafter's mistakes says little about another's.
     """
-    t_old, t_new = trained.get("target", {}), loaded.get("target", {})
     if trained.get("vocab_size") != loaded.get("vocab_size"):
         return f"shared vocabulary {trained.get('vocab_size')} != {loaded.get('vocab_size')}"
-    if t_old.get("tokenizer_sha256") != t_new.get("tokenizer_sha256"):
-        return "the tokenizer differs"
-    if t_old.get("config_sha256") != t_new.get("config_sha256"):
-        return "the target model's config differs"
-    if t_old.get("sha256") and t_new.get("sha256") and t_old["sha256"] != t_new["sha256"]:
-        return "the target model's weights differ"
+    for role in ("target", "drafter"):
+        old, new = trained.get(role, {}), loaded.get(role, {})
+        if old.get("tokenizer_sha256") != new.get("tokenizer_sha256"):
+            return f"the {role}'s tokenizer differs"
+        if old.get("config_sha256") != new.get("config_sha256"):
+            return f"the {role} model's config differs"
+        if old.get("sha256") and new.get("sha256") and old["sha256"] != new["sha256"]:
+            return f"the {role} model's weights differ"
     return None
 
 
@@ -74,10 +75,11 @@ def load_learned_rule(
     router, meta = load_router(router_dir, device=pair.device)
     problem = pair_mismatch(meta.get("pair", {}), pair.identity())
     if problem:
-        source = meta.get("pair", {}).get("target", {}).get("source", "?")
+        trained_pair = meta.get("pair", {})
+        source = " -> ".join(trained_pair.get(r, {}).get("source", "?") for r in ("drafter", "target"))
         raise DeferralError(
-            f"router {router_dir} was trained for another pair ({problem}; trained with target '{source}'): "
-            "use the target it was trained with, or log this pair and train a router for it"
+            f"router {router_dir} was trained for another pair ({problem}; trained with '{source}'): "
+            "use the drafter and target it was trained with, or log this pair and train a router for it"
         )
     spec = FeatureSpec.from_dict(meta["feature_spec"])
     current = FeatureSpec(drafter_hidden=spec.drafter_hidden, target_hidden=spec.target_hidden)
