@@ -84,6 +84,16 @@ def test_distill_trains_exports_and_resumes(tiny_dir, corpus_dir, tmp_path, caps
     second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert second["global_step"] == 9
 
+    # A run made without MLflow is logged into a store afterwards, per-step metrics of both fits included.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cli_main(["distill", "--log-run", str(run), "--tracking-uri", uri, "--experiment", "t"]) == 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = _last_json(capsys.readouterr().out)["mlflow_run_id"]
+    assert client.get_run(run_id).data.metrics["steps"] == 9
+    assert {m.step for m in client.get_metric_history(run_id, "train_kl")} >= {2, 8}
+
 
 def test_distill_is_seeded(tiny_dir, corpus_dir, tmp_path, capsys):
     weights = []

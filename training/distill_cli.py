@@ -274,7 +274,7 @@ def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
         max_steps=args.steps, max_epochs=-1,
         val_check_interval=min(args.val_every, max(1, train.shape[0] // args.batch_size)),
-        check_val_every_n_epoch=None, gradient_clip_val=1.0, log_every_n_steps=10, num_sanity_val_steps=0,
+        check_val_every_n_epoch=None, gradient_clip_val=1.0, log_every_n_steps=min(10, args.val_every), num_sanity_val_steps=0,
         logger=make_loggers(run, args.tracking_uri, args.experiment, run.name),
         callbacks=[checkpoint] + ([CommandTimer(_fit_time_left(args), interval="step")] if args.max_minutes else []),
         enable_model_summary=False, default_root_dir=str(run),
