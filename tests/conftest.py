@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from tests.tiny_models import make_model
+
+# Tiny models gain nothing from intra-op threads, and thread spinning on a busy 2-core machine makes
+# them many times slower; subprocesses started by tests (the real CLI) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
