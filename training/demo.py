@@ -24,6 +24,7 @@ from deferral.errors import DeferralError
 from inference.generate import add_pair_arguments, parse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STEPS = 5
 
 
 def build_parser() -> ArgumentParser:
@@ -59,13 +60,13 @@ def pair_flags(args) -> list[str]:
 
 def step(number: int, title: str, argv: list[str]) -> None:
     """Run one `deferral` command as a child process, streaming its output and progress bars."""
-    print(f"\n[{number}/4] {title}\n$ deferral {' '.join(argv)}", file=sys.stderr, flush=True)
+    print(f"\n[{number}/{STEPS}] {title}\n$ deferral {' '.join(argv)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "deferral.cli", *argv])
     if done.returncode != 0:
         raise DeferralError(f"step {number} ({title}) failed with exit status {done.returncode}: see its message above, "
                             "fix it and rerun `deferral demo` (finished steps are kept)")
-    print(f"[{number}/4] done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    print(f"[{number}/{STEPS}] done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -84,18 +85,18 @@ def main(argv: list[str]) -> int:
         "--max-docs", str(args.log_docs), "--max-positions", str(args.log_positions), "--tracking-uri", args.tracking_uri,
     ])
     if not (router / "router.json").is_file():
-        step(2, "train the router and export it", [
+        step(2, "train the router", [
             "train", "fit", "--config", args.router_config, "--data.path", str(logs),
             "--trainer.max_epochs", str(args.max_epochs), "--trainer.default_root_dir", str(train_root),
             "--mlflow.tracking_uri", args.tracking_uri,
         ])
-        step(2, "export the router", [
+        step(3, "export the router", [
             "export", "--checkpoint", str(train_root / "checkpoints" / "best.ckpt"), "--out", str(router),
         ])
     else:
-        print(f"\n[2/4] router already exported in {router}", file=sys.stderr)
+        print(f"\n[2-3/{STEPS}] router already exported in {router}", file=sys.stderr)
     rule = args.hand_set_rule
-    step(3, f"evaluate the learned cascade on {args.task}", [
+    step(4, f"evaluate the learned cascade on {args.task}", [
         "evaluate", *pair_flags(args), "--task", args.task, "--limit", str(args.limit),
         "--rules", f"[{rule}, learned]", "--alphas", json.dumps({rule: args.alphas}),
         "--router", str(router), "--deferral-rates", json.dumps(args.deferral_rates),
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> int:
         "--max-new-tokens", str(args.max_new_tokens), "--out", str(evaluation), "--tracking-uri", args.tracking_uri,
     ])
     rows = [json.loads(line) for line in (evaluation / "results.jsonl").read_text().splitlines() if line.strip()]
-    print(f"\n[4/4] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}; "
+    print(f"\n[5/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}; "
           "relative latency: wall-clock over the target alone, same run)\n")
     print(comparison_table(rows))
     print(f"full tables: {evaluation / 'tables.md'}; plots: {evaluation / 'quality_vs_latency.png'}, "
