@@ -1,10 +1,11 @@
 """`deferral demo`: the whole pipeline on the embedded default pair, end to end.
 
 1. log drafter/target distributions over a slice of the standard library (`deferral log`);
-2. train a router on them and export it (`deferral train fit`, `deferral export`);
-3. evaluate the learned speculative cascade against a hand-set rule, lossless speculative decoding,
+2. train a router on them (`deferral train fit --config configs/router.yaml`);
+3. export it (`deferral export`);
+4. evaluate the learned speculative cascade against a hand-set rule, lossless speculative decoding,
    the target and the drafter on a HumanEval subset (`deferral evaluate`);
-4. print the comparison table.
+5. print the comparison table.
 
 Every step writes under --workdir and resumes when rerun. Each step runs as its own `deferral`
 process, exactly as a user would type it (the commands are printed).
