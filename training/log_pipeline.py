@@ -24,7 +24,7 @@ from deferral.pair import Pair
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
 MODES = ("reference", "on-policy")
-FEATURE_ROWS = 256  # positions turned into features at once: bounds (rows, vocab) float32 temporaries
+FEATURE_ROWS = 64  # positions turned into features at once: keeps the (rows, vocab) float32 temporaries cache-sized (256 rows: ratio 0.82 to bare forwards; 64 rows: 0.89-0.90)
 
 
 @dataclass(frozen=True)
