@@ -239,9 +239,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
     interrupted = len(fmt.finished_shards(killed))
     assert 2 <= interrupted < 15, "the run should have been killed part-way"
     assert not (killed / "progress.json").exists()
-    # Resume, then compare with a run that was never interrupted.
-    assert log_main(log_args(tiny_dir, corpus, killed, *flags)) == 0
-    assert log_main(log_args(tiny_dir, corpus, whole, *flags)) == 0
+    # Resume, then compare with a run that was never interrupted. Both run as fresh processes like
+    # the killed one: global torch state left by other tests in this process (deterministic
+    # algorithms, thread settings) can change float rounding in the last bit.
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    whole_cmd = [sys.executable, "-m", "deferral.cli", "log", *log_args(tiny_dir, corpus, whole, *flags)]
+    assert subprocess.run(whole_cmd, env=env, capture_output=True).returncode == 0
     a, b = arrays(fmt.load_logged(killed)[0]), arrays(fmt.load_logged(whole)[0])
     for column in fmt.COLUMNS:
         np.testing.assert_array_equal(a[column], b[column], err_msg=column)
