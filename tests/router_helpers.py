@@ -45,6 +45,19 @@ def train_tiny(log_dir: Path, root: Path, store: Path, epochs: int = 2, extra: t
     )
 
 
+def export_tiny_router(tiny_dir: Path, base: Path, docs: int, words: int, epochs: int) -> tuple[Path, Path]:
+    """Log, train (document splits of 50/25/25) and export a router on the tiny pair under `base`.
+
+    Returns (export folder, log folder).
+    """
+    log_dir = log_tiny(tiny_dir, base / "log", docs=docs, words=words)
+    split = ("--data.val_fraction", "0.25", "--data.test_fraction", "0.25")
+    assert train_tiny(log_dir, base / "run", base, epochs=epochs, extra=split) == 0
+    out = base / "router"
+    assert deferral(["export", "--checkpoint", str(base / "run" / "checkpoints" / "best.ckpt"), "--out", str(out)]) == 0
+    return out, log_dir
+
+
 def write_synthetic_log(out: Path, docs: int = 30, per_doc: int = 200, vocab: int = 50, seed: int = 0) -> Path:
     """A logged dataset in the `deferral log` format without running models: random drafter/target
     logits through the real feature and label functions, reference tokens drawn from the target."""

@@ -6,18 +6,12 @@ import json
 import pytest
 
 from deferral.cli import main as deferral
-from tests.router_helpers import log_tiny, train_tiny
+from tests.router_helpers import export_tiny_router
 
 
 @pytest.fixture(scope="module")
 def router(tiny_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("learned-eval")
-    log_dir = log_tiny(tiny_dir, base / "log", docs=30, words=40)
-    split = ("--data.val_fraction", "0.25", "--data.test_fraction", "0.25")
-    assert train_tiny(log_dir, base / "run", base, epochs=1, extra=split) == 0
-    out = base / "router"
-    assert deferral(["export", "--checkpoint", str(base / "run" / "checkpoints" / "best.ckpt"), "--out", str(out)]) == 0
-    return out
+    return export_tiny_router(tiny_dir, tmp_path_factory.mktemp("learned-eval"), docs=30, words=40, epochs=1)[0]
 
 
 def test_learned_rule_is_swept_by_deferral_rate(router, tiny_dir, tmp_path):

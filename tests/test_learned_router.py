@@ -11,23 +11,16 @@ import torch
 
 from deferral.cli import main as deferral
 from deferral.errors import DeferralError
-from deferral.pair import load_pair
 from deferral.router import load_router
 from inference.learned import load_learned_rule
-from tests.router_helpers import log_tiny, train_tiny
+from tests.router_helpers import export_tiny_router
 from training.calibration import deferral_rate, threshold_for_rate
 from training.datamodule import FeatureDataModule
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("learned")
-    log_dir = log_tiny(tiny_dir, base / "log", docs=40, words=60)
-    split = ("--data.val_fraction", "0.25", "--data.test_fraction", "0.25")
-    assert train_tiny(log_dir, base / "run", base, epochs=2, extra=split) == 0
-    out = base / "router"
-    assert deferral(["export", "--checkpoint", str(base / "run" / "checkpoints" / "best.ckpt"), "--out", str(out)]) == 0
-    return out, log_dir
+    return export_tiny_router(tiny_dir, tmp_path_factory.mktemp("learned"), docs=40, words=60, epochs=2)
 
 
 def test_generate_with_learned_rule_end_to_end(exported, tiny_dir, capsys):
