@@ -18,7 +18,7 @@ from tqdm import tqdm
 from deferral.errors import DeferralError
 from deferral.rules import HAND_SET_RULES
 from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
-from inference.tasks import TASK_NAMES
+from inference.tasks import TASK_NAMES, check_task_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -257,6 +257,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_task_name(args.task)
     cfg = decode_config(args)
     ks = args.draft_tokens_list or [args.draft_tokens]
     points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args))

@@ -45,6 +45,13 @@ def train_tiny(log_dir: Path, root: Path, store: Path, epochs: int = 2, extra: t
     )
 
 
+def trained_tiny_router(tiny_dir: Path, base: Path, epochs: int = 2) -> tuple[Path, Path]:
+    """Log a small corpus and train a router on the tiny pair under `base`; return (base, log folder)."""
+    log_dir = log_tiny(tiny_dir, base / "log")
+    assert train_tiny(log_dir, base / "run", base, epochs=epochs) == 0
+    return base, log_dir
+
+
 def export_tiny_router(tiny_dir: Path, base: Path, docs: int, words: int, epochs: int) -> tuple[Path, Path]:
     """Log, train (document splits of 50/25/25) and export a router on the tiny pair under `base`.
 

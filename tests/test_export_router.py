@@ -9,17 +9,14 @@ import torch
 
 from deferral.cli import main as deferral
 from deferral.router import load_router
-from tests.router_helpers import log_tiny, tracking_uri, train_tiny
+from tests.router_helpers import trained_tiny_router, tracking_uri
 from training.export import read_checkpoint, router_from_checkpoint
 from training.logged_data import read_meta
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("export")
-    log_dir = log_tiny(tiny_dir, base / "log")
-    assert train_tiny(log_dir, base / "run", base, epochs=2) == 0
-    return base, log_dir
+    return trained_tiny_router(tiny_dir, tmp_path_factory.mktemp("export"))
 
 
 def test_export_from_checkpoint_records_what_it_was_trained_on(trained, tmp_path):

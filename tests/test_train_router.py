@@ -6,15 +6,12 @@ import mlflow
 import pytest
 
 from deferral.cli import main as deferral
-from tests.router_helpers import CONFIG, log_tiny, tracking_uri, train_tiny
+from tests.router_helpers import CONFIG, trained_tiny_router, tracking_uri, train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    log_dir = log_tiny(tiny_dir, base / "log")
-    assert train_tiny(log_dir, base / "run", base, epochs=2) == 0
-    return base, log_dir
+    return trained_tiny_router(tiny_dir, tmp_path_factory.mktemp("train"))
 
 
 def _runs(base):

@@ -8,9 +8,16 @@ from inference.tasks.base import Example, Task
 TASK_NAMES = ["humaneval", "stdlib", "hf:<dataset or file>"]
 
 
+def check_task_name(spec: str) -> None:
+    """Fail fast on an unknown task name, before any model is loaded."""
+    if spec not in ("humaneval", "stdlib") and not spec.startswith("hf:"):
+        raise DeferralError(f"unknown task '{spec}': choose one of {', '.join(TASK_NAMES)}")
+
+
 def make_task(spec: str, limit: int | None = None, chat: bool | None = None, seed: int = 0,
               prompt_column: str = "prompt", reference_column: str = "reference") -> Task:
     """Build a task from its command-line name. `chat=None` uses each task's own default."""
+    check_task_name(spec)
     if spec == "humaneval":
         from inference.tasks.humaneval import HumanEval
 
@@ -21,11 +28,9 @@ def make_task(spec: str, limit: int | None = None, chat: bool | None = None, see
         if chat:
             raise DeferralError("the stdlib task continues raw source text: drop --chat")
         return StdlibContinuation(limit=limit or 50, seed=seed)
-    if spec.startswith("hf:"):
-        from inference.tasks.hf_dataset import HFDataset
+    from inference.tasks.hf_dataset import HFDataset  # spec is "hf:<dataset or file>"
 
-        return HFDataset(spec[3:], prompt_column, reference_column, limit=limit, chat=bool(chat))
-    raise DeferralError(f"unknown task '{spec}': choose one of {', '.join(TASK_NAMES)}")
+    return HFDataset(spec[3:], prompt_column, reference_column, limit=limit, chat=bool(chat))
 
 
-__all__ = ["Example", "Task", "TASK_NAMES", "make_task"]
+__all__ = ["Example", "Task", "TASK_NAMES", "check_task_name", "make_task"]
