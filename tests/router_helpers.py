@@ -39,7 +39,7 @@ def train_tiny(log_dir: Path, root: Path, store: Path, epochs: int = 2, extra: t
     """`deferral train fit` with configs/router.yaml and the documented overrides."""
     return deferral(
         ["train", "fit", "--config", CONFIG, "--data.path", str(log_dir), "--trainer.max_epochs", str(epochs),
-         "--trainer.default_root_dir", str(root), "--data.target", "gap_nll",
+         "--trainer.default_root_dir", str(root), "--data.target", "gap_nll", "--model.objective", "classify",
          "--mlflow.tracking_uri", tracking_uri(store), "--mlflow.artifact_location", str((store / "artifacts").resolve()),
          "--trainer.enable_progress_bar", "false", *extra]
     )

@@ -162,6 +162,12 @@ def test_limits(tiny_dir, tmp_path):
     for column in ["doc_id", "position", "token_id", "drafted_id"]:
         np.testing.assert_array_equal(a[column], b[column][:100])
     np.testing.assert_allclose(a["features"], b["features"][:100], rtol=1e-5, atol=1e-6)
+    # --doc-chars keeps each document's head: the same rows as the whole document, up to its end.
+    heads = tmp_path / "heads"
+    log_main(log_args(tiny_dir, long_doc, heads, "--doc-chars", "60"))
+    c = arrays(fmt.load_logged(heads)[0])
+    assert 0 < len(c["doc_id"]) < 60
+    np.testing.assert_array_equal(c["token_id"], b["token_id"][: len(c["token_id"])])
 
 
 def test_resume_with_other_arguments_is_refused(logged, tiny_dir):

@@ -101,6 +101,10 @@ def test_stdlib_cuts_are_seeded_and_split_prompt_from_reference():
     for e in a:
         name, text = files[int(e.id.split(":")[0][1])]
         assert (e.prompt + "\n" + e.reference) in text and e.prompt.count("\n") == 5 and e.reference.count("\n") == 1
+    # More examples than files: later rounds cut the same files at new lines; earlier cuts stay put.
+    more = cut_examples(files, count=3 * len(files), context_lines=6, reference_lines=2, seed=7)
+    assert [e.id for e in more[:3]] == [e.id for e in a]
+    assert len(more) == 3 * len(files) and len({e.id for e in more}) == len(more)
 
 
 def test_stdlib_task_reads_a_source_folder(tmp_path):

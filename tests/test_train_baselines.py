@@ -10,7 +10,7 @@ import torch
 
 from deferral.cli import main as deferral
 from deferral.features import FeatureSpec, compute_features
-from training.baselines import markdown_table, rule_scores, score_table
+from training.baselines import greedy_gain_table, markdown_table, rule_scores, score_table
 from tests.router_helpers import write_synthetic_log
 
 
@@ -39,6 +39,19 @@ def test_score_table_and_markdown():
     assert lines[0] == "| method | gap01 AUROC | gap01 AP |" and lines[2].startswith("| router | 1.0000")
 
 
+def test_greedy_gain_counts_only_disagreements_and_the_oracle_bounds_it():
+    gap01 = np.array([1.0, -1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    disagree = np.array([True, True, True, True, False, False, False, False, False, False])
+    # "wrong" ranks the drafter-right position first; position 5 (agreeing argmaxes) never counts.
+    scores = {"right": np.array([4.0, 1, 2, 3, 9, 9, 0, 0, 0, 0]), "wrong": np.array([1.0, 4, 2, 3, 9, 9, 0, 0, 0, 0])}
+    gains = greedy_gain_table(scores, gap01, disagree, budgets=(0.25, 0.5, 1.0))
+    assert gains["right"] == [100.0, 200.0, 100.0]  # top-1 of 4: +1; top-2: +2; all four: 1 - 1 + 0 + 1
+    assert gains["wrong"] == [-100.0, 0.0, 100.0]
+    assert gains["oracle"] == [100.0, 200.0, 100.0]
+    for values in gains.values():
+        assert all(v <= o for v, o in zip(values, gains["oracle"]))
+
+
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
 def test_baselines_cli_on_a_logged_dataset(tmp_path, capsys, method):
     log = write_synthetic_log(tmp_path / "log")
@@ -53,9 +66,18 @@ def test_baselines_cli_on_a_logged_dataset(tmp_path, capsys, method):
     lr = record["results"]["reject"][f"logistic regression ({method})"]["auroc"]
     assert lr > 0.9  # "reject" is a function of accept_prob_tok, one of the features
     assert 0 < record["positive_rate"]["gap_nll"] < 1
+    assert "Greedy-cascade gain" in text and set(record["greedy_gain"]) >= {"token-v3", "oracle"}
 
 
 def test_bad_target_is_one_line(tmp_path, capsys):
     log = write_synthetic_log(tmp_path / "log", docs=5, per_doc=20)
     assert deferral(["baselines", "--data", str(log), "--targets", "nonsense"]) == 2
     assert "unknown router target" in capsys.readouterr().err
+
+
+def test_whole_log_scores_every_document_without_logistic_regression(tmp_path, capsys):
+    log = write_synthetic_log(tmp_path / "log", docs=6, per_doc=50)
+    assert deferral(["baselines", "--data", str(log), "--targets", "gap01", "--whole-log"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Every document of {log} (300 positions")
+    assert "logistic regression" not in out and "| token-v3 |" in out and "| oracle |" in out

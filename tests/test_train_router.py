@@ -63,7 +63,7 @@ def test_print_config_shows_resolved_settings(capsys):
         deferral(["train", "fit", "--config", CONFIG, "--data.path", "somewhere", "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "path: somewhere" in out and "objective: classify" in out and "tracking_uri:" in out
+    assert "path: somewhere" in out and "objective: regress" in out and "target: gap01" in out and "tracking_uri:" in out
 
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
@@ -73,3 +73,18 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and "deferral log" in err
+
+
+def test_tracking_none_trains_and_exports_without_a_store(trained, tmp_path):
+    base, log_dir = trained
+    root = tmp_path / "run"
+    rc = deferral(
+        ["train", "fit", "--config", CONFIG, "--data.path", str(log_dir), "--trainer.max_epochs", "1",
+         "--trainer.default_root_dir", str(root), "--data.target", "gap_nll", "--mlflow.tracking_uri", "none",
+         "--trainer.enable_progress_bar", "false"]
+    )
+    assert rc == 0
+    assert {p.name for p in (root / "export").iterdir()} >= {"router.safetensors", "router.json", "card.md"}
+    assert not (root / "checkpoints" / "mlflow_run_id").exists()
+    assert list((root / "logs").rglob("metrics.csv"))  # metrics still land somewhere readable
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("mlruns"))

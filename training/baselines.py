@@ -9,7 +9,8 @@
     opt-ratio (max p - max q) / TV                (the alpha at which OPT starts deferring)
     token-v3  1 - p(x) / max p                    (x = the drafted token)
 Each is scored by AUROC and average precision against a target's "deferral needed" label on the
-test documents.
+test documents, and by its greedy-cascade gain (`greedy_gain_table`): AUROC over all positions is
+dominated by positions where both models agree, where no rule's decision changes the output.
 """
 
 from __future__ import annotations
@@ -91,4 +92,42 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]], positives: d
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     rate_cells = [cell for t in targets for cell in (f"{positives[t]:.3f}", "")]
     rows.append("| (positive rate) | " + " | ".join(rate_cells) + " |")
+    return "\n".join(rows)
+
+
+GAIN_BUDGETS = (0.1, 0.2, 0.3, 0.5)
+
+
+def greedy_gain_table(
+    scores: dict[str, np.ndarray], gap01: np.ndarray, disagree: np.ndarray, budgets: tuple[float, ...] = GAIN_BUDGETS
+) -> dict[str, list[float]]:
+    """What each score buys in a greedy cascade, where a decision matters only where argmax q != argmax p.
+
+    Deferring at such a position swaps the drafter's token for the target's: label_gap01 = +1 when
+    that fixes a reference error (target right, drafter wrong), -1 when it introduces one, 0 when
+    both are wrong. For each budget f, defer at the f highest-scoring disagreement positions and sum
+    their gap01, per 1000 positions. The "oracle" row sorts by gap01 itself: the ceiling any score
+    over these features could reach.
+
+    Args:
+        scores: {method: (N,) score}, higher = defer.
+        gap01: (N,) label_gap01.
+        disagree: (N,) bool, argmax q != argmax p.
+    Returns:
+        {method: [gain per 1000 positions at each budget]}, oracle last.
+    """
+    idx = np.flatnonzero(disagree)
+    n = max(len(gap01), 1)
+    out = {}
+    for name, s in {**scores, "oracle": gap01}.items():
+        s = np.nan_to_num(np.asarray(s, dtype=np.float64)[idx], nan=0.0, posinf=1e12, neginf=-1e12)
+        ranked = gap01[idx][np.argsort(-s, kind="stable")].astype(np.float64)
+        out[name] = [1000.0 * ranked[: int(f * len(idx))].sum() / n for f in budgets]
+    return out
+
+
+def gain_markdown(gains: dict[str, list[float]], budgets: tuple[float, ...] = GAIN_BUDGETS) -> str:
+    head = "| method | " + " | ".join(f"defer {f:.0%} of disagreements" for f in budgets) + " |"
+    rows = [head, "|---|" + "---|" * len(budgets)]
+    rows += [f"| {m} | " + " | ".join(f"{g:.1f}" for g in v) + " |" for m, v in gains.items()]
     return "\n".join(rows)

@@ -20,7 +20,14 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.router import load_router
-from training.baselines import fit_logistic_regression, markdown_table, rule_scores, score_table
+from training.baselines import (
+    fit_logistic_regression,
+    gain_markdown,
+    greedy_gain_table,
+    markdown_table,
+    rule_scores,
+    score_table,
+)
 from training.datamodule import TARGETS, binary_target, check_target, read_arrays, split_documents
 
 
@@ -32,6 +39,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--targets", type=str | None, default=None,
                         help=f"comma-separated targets ({', '.join(TARGETS)}); default: the router's target")
     parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the fixed-alpha OPT score")
+    parser.add_argument("--whole-log", action="store_true",
+                        help="score every document (a log the router never trained on, e.g. stdlib:heldout); "
+                             "logistic regression, which needs training documents, is skipped")
     parser.add_argument("--calibration", type=str, default="isotonic", help="isotonic or sigmoid (logistic regression)")
     parser.add_argument("--split-seed", type=int, default=0, help="document split seed when no --router is given")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share when no --router is given")
@@ -56,7 +66,11 @@ def compare(args) -> tuple[str, dict]:
     names = arrays.meta["feature_spec"]["names"]
     if meta and meta["feature_spec"]["names"] != names:
         raise DeferralError(f"router {args.router} was trained on other features than {args.data}: use its own data")
-    masks = split_documents(arrays.columns["doc_id"], val_f, test_f, seed)
+    if args.whole_log:
+        everything = np.ones(len(arrays.columns["doc_id"]), dtype=bool)
+        masks = {"train": ~everything, "val": ~everything, "test": everything}
+    else:
+        masks = split_documents(arrays.columns["doc_id"], val_f, test_f, seed)
     x = arrays.features
     shared = rule_scores(x[masks["test"]], names, alpha=args.alpha)
     router_scores = None
@@ -66,22 +80,35 @@ def compare(args) -> tuple[str, dict]:
     results, positives = {}, {}
     for t in targets:
         y = binary_target(arrays, t)
-        if min(np.unique(y[masks[s]]).size for s in ("train", "val")) < 2:  # a constant label: nothing to fit
+        if args.whole_log:
+            lr_scores = None
+        elif min(np.unique(y[masks[s]]).size for s in ("train", "val")) < 2:  # a constant label: nothing to fit
             lr_scores = np.full(int(masks["test"].sum()), float(y[masks["train"]].mean()))
         else:
             lr = fit_logistic_regression(x[masks["train"]], y[masks["train"]], x[masks["val"]], y[masks["val"]],
                                          method=args.calibration)
             lr_scores = lr.predict_proba(x[masks["test"]])[:, 1]
-        scores = {f"logistic regression ({args.calibration})": lr_scores, **shared}
+        scores = dict(shared) if lr_scores is None else {f"logistic regression ({args.calibration})": lr_scores, **shared}
         if router_scores is not None and t == (meta.get("label") or {}).get("target"):
             scores = {"router": router_scores, **scores}
         results[t] = score_table(scores, y[masks["test"]])
         positives[t] = float(y[masks["test"]].mean())
+    which = "Every document" if args.whole_log else "Test documents"
     header = (
-        f"Test documents of {args.data} ({int(masks['test'].sum())} positions; split seed {seed}); "
+        f"{which} of {args.data} ({int(masks['test'].sum())} positions; split seed {seed}); "
         f"OPT at alpha={args.alpha}.\n\n"
     )
-    return header + markdown_table(results, positives), {"results": results, "positive_rate": positives}
+    test = masks["test"]
+    disagree = x[test][:, names.index("argmax_agree")] < 0.5
+    gain_scores = {**({"router": router_scores} if router_scores is not None else {}), **shared}
+    gains = greedy_gain_table(gain_scores, arrays.columns["label_gap01"][test], disagree)
+    gain_text = (
+        f"\n\nGreedy-cascade gain on the same documents: label_gap01 summed over the deferred positions, per 1000 "
+        f"positions, deferring at the top-scoring share of the {int(disagree.sum())} positions where the two argmaxes "
+        f"differ (higher is better; the oracle is the ceiling):\n\n"
+    )
+    record = {"results": results, "positive_rate": positives, "greedy_gain": gains}
+    return header + markdown_table(results, positives) + gain_text + gain_markdown(gains), record
 
 
 def main(argv: list[str]) -> int:

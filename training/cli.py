@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
 from training import tracking
 from training.datamodule import FeatureDataModule
@@ -31,7 +31,8 @@ from training.module import RouterModule
 class MLflowSettings:
     """Where and how the run is tracked.
 
-    tracking_uri: MLflow store (sqlite:///mlflow.db = a file in the working directory; see `mlflow ui`).
+    tracking_uri: MLflow store (sqlite:///mlflow.db = a file in the working directory; see `mlflow ui`),
+        or "none" to train without MLflow (metrics go to CSV files under default_root_dir/logs).
     experiment_name: experiment the run goes into.
     run_name: optional display name of the run.
     artifact_location: artifact root of a newly created experiment (None = MLflow's default, ./mlruns).
@@ -85,8 +86,17 @@ class RouterCLI(LightningCLI):
             self.resume_run_id = tracking.read_run_id(self.checkpoint_dir)
             print(f"resuming from {last} (MLflow run {self.resume_run_id})", file=sys.stderr)
 
+    @property
+    def tracked(self) -> bool:
+        """False when `--mlflow.tracking_uri none`: train, test and export without an MLflow store."""
+        s: MLflowSettings = self._get(self.config_init, "mlflow")
+        return str(s.tracking_uri).strip().lower() not in ("none", "")
+
     def instantiate_trainer(self, **kwargs):
         s: MLflowSettings = self._get(self.config_init, "mlflow")
+        if not self.tracked:
+            kwargs["logger"] = CSVLogger(save_dir=str(self.checkpoint_dir.parent), name="logs")
+            return super().instantiate_trainer(**kwargs)
         kwargs["logger"] = MLFlowLogger(
             experiment_name=s.experiment_name,
             run_name=s.run_name,
@@ -99,6 +109,8 @@ class RouterCLI(LightningCLI):
 
     # --- fit hooks ---------------------------------------------------------------------------
     def before_fit(self) -> None:
+        if not self.tracked:
+            return
         logger = self.trainer.logger
         tracking.write_run_id(self.checkpoint_dir, logger.run_id)
         self.datamodule.setup("fit")
@@ -126,6 +138,10 @@ class RouterCLI(LightningCLI):
         if self.export_dir.exists():
             shutil.rmtree(self.export_dir)
         folder = export_checkpoint(best, self.export_dir, test_metrics=test_metrics)
+        if not self.tracked:
+            print(f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; "
+                  f"exported to {folder} (no MLflow tracking)", file=sys.stderr)
+            return
         tracking.log_folder(logger, folder, "router")
         with tracking.scratch_dir() as tmp:
             named = Path(tmp) / "best.ckpt"

@@ -45,6 +45,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--docs-per-shard", type=int, default=64, help="documents per shard (the unit of resumption)")
     parser.add_argument("--max-docs", type=int | None, default=None, help="stop after this many documents")
+    parser.add_argument("--doc-chars", type=int | None, default=None,
+                        help="keep the first N characters of each document (spreads a position budget over more documents)")
     parser.add_argument("--max-positions", type=int | None, default=None,
                         help="stop after this many positions (split evenly across processes)")
     parser.add_argument("--hidden", type=str, default="none",
@@ -79,7 +81,7 @@ def log_config(args) -> LogConfig:
     should_compile(args.compile, 0)  # an unknown choice fails before any model loads
     if args.docs_per_shard < 1:
         raise DeferralError(f"--docs-per-shard must be at least 1, got {args.docs_per_shard}")
-    for flag in ("max_docs", "max_positions"):
+    for flag in ("max_docs", "max_positions", "doc_chars"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise DeferralError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -98,6 +100,7 @@ class LogJob:
     max_positions: int | None
     dtype: str
     world: int = 1
+    doc_chars: int | None = None
 
     def use_pair_settings(self, pair, compile_choice: str) -> None:
         """Settings that depend on the loaded pair (whether compiling pays off)."""
@@ -123,6 +126,7 @@ class LogJob:
             "docs_per_shard": self.docs_per_shard,
             "max_docs": self.max_docs,
             "position_budget_per_rank": self.position_budget(),
+            **({"doc_chars": self.doc_chars} if self.doc_chars else {}),  # absent = whole documents
         }
 
     def prepare(self, pair) -> None:
@@ -151,6 +155,8 @@ class LogJob:
         docs = enumerate(self.corpus.documents())
         if self.max_docs is not None:
             docs = islice(docs, self.max_docs)
+        if self.doc_chars is not None:
+            docs = ((i, text[: self.doc_chars]) for i, text in docs)
         chunk = 0
         while batch := list(islice(docs, self.docs_per_shard)):
             yield chunk, batch
@@ -266,7 +272,8 @@ def require_documents(corpus: Corpus) -> None:
 def make_job(args, world: int = 1) -> LogJob:
     corpus = open_corpus(args.data, text_column=args.text_column, txt_docs=args.txt_docs, hf_config=args.hf_config)
     return LogJob(corpus=corpus, cfg=log_config(args), out=Path(args.out), docs_per_shard=args.docs_per_shard,
-                  max_docs=args.max_docs, max_positions=args.max_positions, dtype=args.dtype, world=world)
+                  max_docs=args.max_docs, max_positions=args.max_positions, dtype=args.dtype, world=world,
+                  doc_chars=args.doc_chars)
 
 
 def track(args, job: LogJob, stats: dict, progress: dict) -> None:

@@ -8,7 +8,9 @@ the first line that leaves the function. Tests run in a separate process (`sandb
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
@@ -72,10 +74,15 @@ class HumanEval(Task):
         ]
 
     def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
-        passed = [
-            check_reply(e.extra["problem"], r, self.chat, self.timeout_s, self.memory_mb).passed
-            for e, r in tqdm(list(zip(examples, replies)), desc="running tests", leave=False, disable=len(examples) < 20)
-        ]
+        # Each check is its own sandboxed process, so threads run them in parallel (one per core);
+        # a reply that loops forever then holds one worker for timeout_s, not the whole evaluation.
+        def check(pair: tuple[Example, str]) -> bool:
+            return check_reply(pair[0].extra["problem"], pair[1], self.chat, self.timeout_s, self.memory_mb).passed
+
+        pairs = list(zip(examples, replies))
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            passed = list(tqdm(pool.map(check, pairs), total=len(pairs), desc="running tests", leave=False,
+                               disable=len(pairs) < 20))
         return {"pass@1": sum(passed) / len(passed) if passed else 0.0}
 
     def describe(self) -> dict:

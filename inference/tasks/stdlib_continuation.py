@@ -23,31 +23,37 @@ SKIPPED_PACKAGES = ("encodings/",)  # codec tables: data, not code
 def cut_examples(
     files: list[tuple[str, str]], count: int, context_lines: int, reference_lines: int, seed: int
 ) -> list[Example]:
-    """Cut (name, text) files into at most `count` examples, one per file, at a seeded line.
+    """Cut (name, text) files into at most `count` examples at seeded lines.
 
-    The cut lands before a non-blank line that has at least `reference_lines` lines after it and
-    `min(context_lines, 10)` before it. The prompt ends where its last line ends (no newline).
+    Files are visited in a seeded order, one cut per file per round; when `count` exceeds the number
+    of files, later rounds cut the same files again at other lines (so the first examples never
+    depend on `count`). A cut lands before a non-blank line that has at least `reference_lines`
+    lines after it and `min(context_lines, 10)` before it. The prompt ends where its last line ends
+    (no newline).
     """
     rng = random.Random(seed)
     order = list(range(len(files)))
     rng.shuffle(order)
+    split = [files[i][1].split("\n") for i in range(len(files))]
+    earliest = min(context_lines, 10)
+    free = {  # file index -> cut lines not used yet
+        i: [j for j in range(earliest, len(split[i]) - reference_lines) if split[i][j].strip()] for i in order
+    }
     examples = []
-    for index in order:
-        if len(examples) >= count:
-            break
-        name, text = files[index]
-        lines = text.split("\n")
-        earliest = min(context_lines, 10)
-        cuts = [i for i in range(earliest, len(lines) - reference_lines) if lines[i].strip()]
-        if not cuts:
-            continue
-        cut = rng.choice(cuts)
-        # The prompt stops before the newline that ends its last line: BPE tokenizers merge a newline
-        # with the next line's indentation, so a prompt ending in a bare "\n" would force a token
-        # boundary the model never saw in training. The continuation starts with that newline.
-        prompt = "\n".join(lines[max(0, cut - context_lines) : cut])
-        reference = "\n".join(lines[cut : cut + reference_lines])
-        examples.append(Example(id=f"{name}:{cut + 1}", prompt=prompt, reference=reference))
+    while len(examples) < count and any(free.values()):
+        for index in order:
+            if len(examples) >= count:
+                break
+            if not free[index]:
+                continue
+            cut = free[index].pop(rng.randrange(len(free[index])))
+            lines = split[index]
+            # The prompt stops before the newline that ends its last line: BPE tokenizers merge a
+            # newline with the next line's indentation, so a prompt ending in a bare "\n" would force
+            # a token boundary the model never saw in training. The continuation starts with it.
+            prompt = "\n".join(lines[max(0, cut - context_lines) : cut])
+            reference = "\n".join(lines[cut : cut + reference_lines])
+            examples.append(Example(id=f"{files[index][0]}:{cut + 1}", prompt=prompt, reference=reference))
     return examples
 
 
