@@ -50,6 +50,17 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def logistic_scores(
+    x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray], test_x: np.ndarray, calibration: str
+) -> np.ndarray:
+    """(N_test,) calibrated logistic-regression probabilities; the train rate when a split has one class."""
+    if min(np.unique(y[masks[s]]).size for s in ("train", "val")) < 2:  # a constant label: nothing to fit
+        return np.full(len(test_x), float(y[masks["train"]].mean()))
+    lr = fit_logistic_regression(x[masks["train"]], y[masks["train"]], x[masks["val"]], y[masks["val"]],
+                                 method=calibration)
+    return lr.predict_proba(test_x)[:, 1]
+
+
 def compare(args) -> tuple[str, dict]:
     router, meta = (None, {}) if args.router is None else load_router(args.router)
     data = meta.get("data") or {}
@@ -67,39 +78,33 @@ def compare(args) -> tuple[str, dict]:
     if meta and meta["feature_spec"]["names"] != names:
         raise DeferralError(f"router {args.router} was trained on other features than {args.data}: use its own data")
     if args.whole_log:
-        everything = np.ones(len(arrays.columns["doc_id"]), dtype=bool)
-        masks = {"train": ~everything, "val": ~everything, "test": everything}
+        masks = {"test": np.ones(len(arrays.columns["doc_id"]), dtype=bool)}
     else:
         masks = split_documents(arrays.columns["doc_id"], val_f, test_f, seed)
-    x = arrays.features
-    shared = rule_scores(x[masks["test"]], names, alpha=args.alpha)
+    test = masks["test"]
+    test_x = arrays.features[test]  # (N_test, F), indexed once: every score reads it
+    shared = rule_scores(test_x, names, alpha=args.alpha)
     router_scores = None
     if router is not None:
         with torch.inference_mode():
-            router_scores = router.score(torch.from_numpy(x[masks["test"]])).numpy()
+            router_scores = router.score(torch.from_numpy(test_x)).numpy()
     results, positives = {}, {}
     for t in targets:
         y = binary_target(arrays, t)
-        if args.whole_log:
-            lr_scores = None
-        elif min(np.unique(y[masks[s]]).size for s in ("train", "val")) < 2:  # a constant label: nothing to fit
-            lr_scores = np.full(int(masks["test"].sum()), float(y[masks["train"]].mean()))
-        else:
-            lr = fit_logistic_regression(x[masks["train"]], y[masks["train"]], x[masks["val"]], y[masks["val"]],
-                                         method=args.calibration)
-            lr_scores = lr.predict_proba(x[masks["test"]])[:, 1]
-        scores = dict(shared) if lr_scores is None else {f"logistic regression ({args.calibration})": lr_scores, **shared}
+        scores = dict(shared)
+        if not args.whole_log:  # logistic regression needs training documents
+            lr_scores = logistic_scores(arrays.features, y, masks, test_x, args.calibration)
+            scores = {f"logistic regression ({args.calibration})": lr_scores, **scores}
         if router_scores is not None and t == (meta.get("label") or {}).get("target"):
             scores = {"router": router_scores, **scores}
-        results[t] = score_table(scores, y[masks["test"]])
-        positives[t] = float(y[masks["test"]].mean())
+        results[t] = score_table(scores, y[test])
+        positives[t] = float(y[test].mean())
     which = "Every document" if args.whole_log else "Test documents"
     header = (
-        f"{which} of {args.data} ({int(masks['test'].sum())} positions; split seed {seed}); "
+        f"{which} of {args.data} ({int(test.sum())} positions; split seed {seed}); "
         f"OPT at alpha={args.alpha}.\n\n"
     )
-    test = masks["test"]
-    disagree = x[test][:, names.index("argmax_agree")] < 0.5
+    disagree = test_x[:, names.index("argmax_agree")] < 0.5
     gain_scores = {**({"router": router_scores} if router_scores is not None else {}), **shared}
     gains = greedy_gain_table(gain_scores, arrays.columns["label_gap01"][test], disagree)
     gain_text = (

@@ -138,9 +138,9 @@ class RouterCLI(LightningCLI):
         if self.export_dir.exists():
             shutil.rmtree(self.export_dir)
         folder = export_checkpoint(best, self.export_dir, test_metrics=test_metrics)
+        summary = f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; exported to {folder}"
         if not self.tracked:
-            print(f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; "
-                  f"exported to {folder} (no MLflow tracking)", file=sys.stderr)
+            print(f"{summary} (no MLflow tracking)", file=sys.stderr)
             return
         tracking.log_folder(logger, folder, "router")
         with tracking.scratch_dir() as tmp:
@@ -155,11 +155,7 @@ class RouterCLI(LightningCLI):
         if s.registered_model:
             version = tracking.register_export(logger, "router", s.registered_model, s.alias)
         where = f"; registered {s.registered_model} v{version} @{s.alias}" if version else ""
-        print(
-            f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; "
-            f"exported to {folder}; MLflow run {logger.run_id} at {s.tracking_uri}{where}",
-            file=sys.stderr,
-        )
+        print(f"{summary}; MLflow run {logger.run_id} at {s.tracking_uri}{where}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
