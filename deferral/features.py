@@ -11,6 +11,10 @@ Features come in two groups:
 - token features: depend on a candidate token v as well (q(v), p(v), the quantities TokenV1-V3
   threshold, v's rank under p). The drafted token is one candidate; the learned rule scores the
   drafter's top candidates so that its acceptable set is well defined at any temperature.
+- look-ahead features (optional): what the target's verify pass says about the drafted tokens *after*
+  this one in the same block (does the target agree with them again, how likely it finds them). They
+  describe the drafted token's own continuation, so a router that uses them scores the drafted token
+  only (see `deferral.rules.Learned`).
 Optional hidden states of either model are appended after these.
 """
 
@@ -23,6 +27,7 @@ import torch
 FEATURE_VERSION = 1
 TOP_K = 4  # top-k probabilities logged per model
 RANK_CAP = 16  # ranks beyond this are reported as RANK_CAP
+LOOKAHEAD = 4  # drafted positions after this one that the look-ahead features summarise (K - 1 at K = 5)
 
 POSITION_FEATURES = (
     [f"q_top{i}" for i in range(1, TOP_K + 1)]
@@ -45,6 +50,15 @@ TOKEN_FEATURES = [
     "p_tok_minus_p_max",  # TokenV2's statistic
     "log_rank_p_tok",
 ]
+LOOKAHEAD_FEATURES = [
+    "ahead_n",  # drafted positions after this one in the block (0..LOOKAHEAD)
+    "ahead_agree_next",  # the next drafted token is the target's argmax there (0 if none)
+    "ahead_agree_run",  # consecutive such agreements right after this position
+    "ahead_agree_frac",  # share of the following drafted tokens that the target agrees with (0 if none)
+    "ahead_logp_next",  # log p of the next drafted token (0 if none)
+    "ahead_logp_mean",  # mean log p of the following drafted tokens (0 if none)
+    "ahead_logp_min",  # smallest of those (0 if none)
+]
 LOG_FLOOR = -30.0  # log-probabilities are clamped here so that zero probabilities stay finite
 
 
@@ -55,10 +69,11 @@ class FeatureSpec:
     version: int = FEATURE_VERSION
     drafter_hidden: int = 0  # width of appended drafter hidden state (0 = not used)
     target_hidden: int = 0  # width of appended target hidden state (0 = not used)
+    lookahead: bool = False  # look-ahead features over the rest of the drafted block
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        names = POSITION_FEATURES + TOKEN_FEATURES
+        names = POSITION_FEATURES + TOKEN_FEATURES + (LOOKAHEAD_FEATURES if self.lookahead else [])
         names += [f"hq_{i}" for i in range(self.drafter_hidden)]
         names += [f"hp_{i}" for i in range(self.target_hidden)]
         object.__setattr__(self, "names", tuple(names))
@@ -67,11 +82,18 @@ class FeatureSpec:
     def dim(self) -> int:
         return len(self.names)
 
+    @property
+    def block_features(self) -> bool:
+        """Features that describe the drafted token's own continuation (look-ahead): they exist only
+        for the drafted token, inside a verified block."""
+        return self.lookahead
+
     def to_dict(self) -> dict:
         return {
             "version": self.version,
             "drafter_hidden": self.drafter_hidden,
             "target_hidden": self.target_hidden,
+            "lookahead": self.lookahead,
             "names": list(self.names),
         }
 
@@ -81,7 +103,37 @@ class FeatureSpec:
             version=int(d["version"]),
             drafter_hidden=int(d.get("drafter_hidden", 0)),
             target_hidden=int(d.get("target_hidden", 0)),
+            lookahead=bool(d.get("lookahead", False)),
         )
+
+    @classmethod
+    def check_stored(cls, d: dict) -> "FeatureSpec":
+        """The spec a stored description (router.json, a log's meta.json) asks for, checked name by name.
+
+        Raises DeferralError when the stored names are missing or differ from the names this version
+        computes for the same options (a renamed, reordered, added or dropped feature).
+        """
+        from deferral.errors import DeferralError
+
+        if not isinstance(d, dict) or "version" not in d:
+            raise DeferralError("the feature description is missing or malformed: re-log the data and retrain")
+        spec = cls.from_dict(d)
+        stored = d.get("names")
+        if stored is None:
+            raise DeferralError("the feature description stores no feature names: re-export with this version")
+        problem = spec.mismatch_names(tuple(stored))
+        if problem:
+            raise DeferralError(f"{problem}: re-log the data and retrain the router with this version")
+        return spec
+
+    def mismatch_names(self, stored: tuple[str, ...]) -> str | None:
+        """How stored feature names differ from the ones computed here, or None when identical."""
+        if stored == self.names:
+            return None
+        for i, (a, b) in enumerate(zip(stored, self.names)):
+            if a != b:
+                return f"feature {i} is '{a}' in the stored layout but '{b}' in this version"
+        return f"the stored layout has {len(stored)} features, this version computes {len(self.names)}"
 
     def mismatch(self, other: "FeatureSpec") -> str | None:
         """A one-line description of how `other` differs from this spec, or None when they agree."""
@@ -90,6 +142,67 @@ class FeatureSpec:
         if self.names != other.names:
             return f"feature layout differs ({other.dim} features vs {self.dim})"
         return None
+
+
+@dataclass
+class Lookahead:
+    """What the verify pass says about the drafted tokens after each position of a block, for N positions.
+
+    p_next: (N, W) log p (target confidence) of the drafted token i + 1 positions ahead, given the drafts
+        before it; 0 where that position is not in the block.
+    agree:  (N, W) bool, that drafted token is the target's argmax at its position.
+    valid:  (N, W) bool, that position exists in the block.
+    """
+
+    logp_next: torch.Tensor
+    agree: torch.Tensor
+    valid: torch.Tensor
+
+
+def block_lookahead(p_logits: torch.Tensor, drafts: torch.Tensor, window: int = LOOKAHEAD) -> Lookahead:
+    """Look-ahead of every drafted position of a block, from the verify pass.
+
+    Args:
+        p_logits: (B, k, V) target logits at the k drafted positions (the verify pass minus its bonus).
+        drafts: (B, k) drafted tokens.
+    Returns:
+        Lookahead with (B * k, window) tensors, rows in (b, j) order.
+    """
+    b, k = drafts.shape
+    logp = torch.log_softmax(p_logits.float(), -1)  # (B, k, V)
+    logp_draft = logp.gather(-1, drafts[..., None].long())[..., 0].clamp_min(LOG_FLOOR)  # (B, k)
+    agree = p_logits.argmax(-1) == drafts  # (B, k)
+    pad = window
+    logp_pad = torch.cat([logp_draft, logp_draft.new_zeros(b, pad)], 1)  # (B, k + W)
+    agree_pad = torch.cat([agree, agree.new_zeros(b, pad)], 1)
+    offsets = torch.arange(1, window + 1, device=drafts.device)  # (W,)
+    idx = torch.arange(k, device=drafts.device)[:, None] + offsets[None, :]  # (k, W): j + i
+    valid = (idx < k)[None].expand(b, k, window)
+    return Lookahead(
+        logp_next=logp_pad[:, idx].reshape(b * k, window),
+        agree=agree_pad[:, idx].reshape(b * k, window),
+        valid=valid.reshape(b * k, window),
+    )
+
+
+def no_lookahead(n: int, device, window: int = LOOKAHEAD) -> Lookahead:
+    """Look-ahead of N positions with nothing after them (the end of a block, a bonus position)."""
+    zeros = torch.zeros(n, window, device=device)
+    return Lookahead(logp_next=zeros, agree=zeros.bool(), valid=zeros.bool())
+
+
+def lookahead_features(ahead: Lookahead) -> torch.Tensor:
+    """(N, W) look-ahead -> (N, len(LOOKAHEAD_FEATURES)) in LOOKAHEAD_FEATURES order."""
+    valid = ahead.valid.float()
+    agree = (ahead.agree & ahead.valid).float()
+    logp = ahead.logp_next.float() * valid
+    n = valid.sum(-1)  # (N,)
+    denom = n.clamp_min(1.0)
+    run = agree.cumprod(-1).sum(-1)
+    logp_min = torch.where(ahead.valid, logp, torch.zeros_like(logp)).amin(-1)
+    return torch.stack(
+        [n, agree[:, 0], run, agree.sum(-1) / denom, logp[:, 0], logp.sum(-1) / denom, logp_min], dim=-1
+    )
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:
@@ -102,6 +215,7 @@ def compute_features(
     candidates: torch.Tensor,
     drafter_hidden: torch.Tensor | None = None,
     target_hidden: torch.Tensor | None = None,
+    lookahead: Lookahead | None = None,
 ) -> torch.Tensor:
     """Feature vectors for candidate tokens at N positions.
 
@@ -111,6 +225,7 @@ def compute_features(
         candidates: (N, C) token ids to describe at each position (C = 1 for the drafted token).
         drafter_hidden: optional (N, Hq) drafter last hidden state, appended to every candidate.
         target_hidden: optional (N, Hp) target last hidden state, appended likewise.
+        lookahead: optional Lookahead of the N positions (see block_lookahead), for FeatureSpec(lookahead=True).
 
     Returns:
         (N, C, F) float32 features, F = FeatureSpec(...).dim, in FeatureSpec.names order.
@@ -169,6 +284,8 @@ def compute_features(
     )  # (N, C, len(TOKEN_FEATURES))
 
     parts = [position[:, None, :].expand(n, c, -1), token]
+    if lookahead is not None:
+        parts.append(lookahead_features(lookahead)[:, None, :].expand(n, c, -1))
     for hidden in (drafter_hidden, target_hidden):
         if hidden is not None:
             parts.append(hidden.float()[:, None, :].expand(n, c, -1))

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from deferral.errors import DeferralError
-from deferral.features import FeatureSpec, compute_features
+from deferral.features import FeatureSpec, Lookahead, compute_features, no_lookahead
 from deferral.probs import total_variation
 
 
@@ -33,7 +33,10 @@ class StepDistributions:
     q_conf, p_conf:     (N, V) confidence distributions (softmax at temperature 1).
     q_logits, p_logits: (N, V) raw logits, for the learned rule's features.
     drafted:            (N,) the drafted token at each position (-1 where there is none, e.g. bonus).
-    drafter_hidden, target_hidden: optional (N, H) last hidden states, for routers that use them.
+    drafter_hidden, target_hidden: optional (N, H) last hidden states, for routers that use them: the
+        drafter's state that produced q, the target's state (from the verify pass) that produced p.
+    lookahead: optional Lookahead over the drafted tokens after each position in its block (see
+        deferral.features.block_lookahead); given to rules with `uses_lookahead`.
     """
 
     q_sample: torch.Tensor
@@ -45,6 +48,7 @@ class StepDistributions:
     drafted: torch.Tensor
     drafter_hidden: torch.Tensor | None = None
     target_hidden: torch.Tensor | None = None
+    lookahead: Lookahead | None = None
 
 
 @dataclass
@@ -83,6 +87,11 @@ class DeferralRule(ABC):
     alpha_range: tuple[float, float] = (0.0, 1.0)
     alpha_speculative: float = 0.0
     alpha_drafter: float = 1.0
+    #: True where the rule reads StepDistributions.lookahead (the decode loop computes it only then;
+    #: a sequential cascade, which has no drafted block, refuses such a rule).
+    uses_lookahead: bool = False
+    #: which last hidden states the rule reads: a subset of ("drafter", "target").
+    hidden_needed: tuple[str, ...] = ()
 
     def __init__(self, alpha: float | None = None):
         self.alpha = float(alpha) if alpha is not None else float(self.default_alpha)
@@ -256,14 +265,28 @@ class Learned(DeferralRule):
         self.threshold = float(threshold)
         self.candidates = candidates
         self.feature_spec = feature_spec or FeatureSpec()
+        self.uses_lookahead = self.feature_spec.lookahead
+        self.hidden_needed = tuple(
+            role for role, width in (("drafter", self.feature_spec.drafter_hidden),
+                                     ("target", self.feature_spec.target_hidden)) if width
+        )
 
     def target(self, d):
         n, v = d.q_conf.shape
-        cand = d.q_conf.topk(min(self.candidates, v), -1).indices  # (N, C)
-        feats = compute_features(d.q_logits, d.p_logits, cand, d.drafter_hidden, d.target_hidden)
+        if self.feature_spec.block_features:
+            # Look-ahead describes the drafted token's own continuation: score that token only
+            # (A = {x} or ∅); a position without a drafted token (the bonus) defers.
+            cand = d.drafted.clamp_min(0)[:, None]  # (N, 1)
+            ahead = d.lookahead if d.lookahead is not None else no_lookahead(n, d.q_logits.device)
+        else:
+            cand = d.q_conf.topk(min(self.candidates, v), -1).indices  # (N, C)
+            ahead = None
+        feats = compute_features(d.q_logits, d.p_logits, cand, d.drafter_hidden, d.target_hidden, ahead)
         scores = self.scorer(feats.reshape(-1, feats.shape[-1])).reshape(n, -1).float()  # (N, C)
         limit = self.threshold + self.alpha * total_variation(d.q_sample, d.p_sample)[:, None]
         keep = scores <= limit  # (N, C)
+        if self.feature_spec.block_features:
+            keep &= d.drafted[:, None] >= 0
         acceptable = torch.zeros(n, v, dtype=torch.bool, device=keep.device).scatter(-1, cand, keep)
         return token_specific(d, acceptable)
 
