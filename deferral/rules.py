@@ -14,6 +14,7 @@ what π mixes; confidence terms (max q, max p, p(v)) use the plain softmax q_con
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -294,8 +295,142 @@ class Learned(DeferralRule):
         return f"Learned(threshold={self.threshold}, alpha={self.alpha}, candidates={self.candidates})"
 
 
+class KLJudge(DeferralRule):
+    """KL judge ("Revisiting Judge Decoding", Jan 2026; research/anchors.md section 6): keep the drafted
+    token (π = q) iff KL(q || p) ≤ α, except where the target's top-1 confidence exceeds `guard`
+    (default 0.9), where it defers (π = p, exact acceptance). A mixture rule.
+
+    KL(q || p) = Σ_v q(v)·(log q(v) − log p(v)) in nats, on the confidence view (softmax at T = 1).
+    Knob α ≥ 0 in nats, larger is more lenient; documented range [0, 2]. Any α < 0 defers everywhere:
+    lossless speculative decoding (we use −1). α = +∞ keeps every draft except where the guard fires,
+    so with guard < 1 the drafter end is not reachable (`alpha_drafter` = +∞ is the most lenient
+    setting); with guard = 1.0 (the guard never fires) α = +∞ is the drafter.
+    """
+
+    name = "kl"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 2.0), -1.0, float("inf")
+    default_alpha = 0.5
+    #: constructor settings under which alpha_drafter is exactly the drafter (the default guard is not).
+    drafter_end_settings = {"guard": 1.0}
+
+    def __init__(self, alpha: float | None = None, guard: float = 0.9):
+        super().__init__(alpha)
+        if not 0.0 <= guard <= 1.0:
+            raise DeferralError(f"the KL judge's guard is a probability in [0, 1], got {guard}")
+        self.guard = float(guard)
+
+    def target(self, d):
+        logq = torch.log_softmax(d.q_logits.float(), -1)
+        logp = torch.log_softmax(d.p_logits.float(), -1)
+        q = logq.exp()
+        kl = torch.where(q > 0, q * (logq - logp), torch.zeros_like(q)).sum(-1)  # (N,)
+        guarded = d.p_conf.max(-1).values > self.guard
+        return mixture(d, (kl > self.alpha) | guarded)
+
+    def __repr__(self) -> str:
+        return f"KLJudge(alpha={self.alpha}, guard={self.guard})"
+
+
+class TypicalAcceptance(DeferralRule):
+    """Medusa typical acceptance (Cai et al. 2024, Medusa, Sec. 3.3.1; vLLM's TypicalAcceptanceSampler):
+    keep v iff p(v) > min(ε, δ·exp(−H(p))), with δ = sqrt(ε) as in Medusa's defaults
+    (posterior_threshold ε = 0.09, posterior_alpha δ = 0.3). A token rule (π via `token_specific`).
+
+    p and its entropy H (nats) are the confidence view (softmax at T = 1; Medusa uses the
+    temperature-scaled target). Knob α = 1 − ε, so larger α is more lenient; range [0, 1], default
+    0.91 (Medusa's ε = 0.09). α = 1 (ε = 0) keeps every token: the drafter. α = 0 (ε = 1) is the
+    strictest Medusa setting and still keeps every v with p(v) > exp(−H(p)) (the target's argmax
+    unless p is uniform on its support), so the family never reaches π = p; any α < 0 keeps nothing,
+    which is lossless speculative decoding (we use −1).
+    """
+
+    name = "typical"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), -1.0, 1.0
+    default_alpha = 0.91
+
+    def target(self, d):
+        eps = 1.0 - self.alpha
+        if eps > 1.0:  # α < 0: keep nothing
+            return token_specific(d, torch.zeros_like(d.p_conf, dtype=torch.bool))
+        if eps <= 0.0:  # α ≥ 1: keep everything
+            return token_specific(d, torch.ones_like(d.p_conf, dtype=torch.bool))
+        logp = torch.log_softmax(d.p_logits.float(), -1)
+        p = logp.exp()
+        entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1, keepdim=True)  # (N, 1)
+        threshold = torch.clamp_max(math.sqrt(eps) * torch.exp(-entropy), eps)
+        return token_specific(d, d.p_conf > threshold)
+
+
+class FLy(DeferralRule):
+    """Entropy-gated deferral with a look-ahead window, after FLy (Li et al., ICLR 2026, "Training-Free
+    Loosely Speculative Decoding", AMD-AGI/FLy; vLLM's opt-in `fly` rejection method).
+
+    Keep the drafted token x (A = {x}, a token rule) iff
+      (1) the target is uncertain there: its top-3 entropy H3(p) = −Σ_{i≤3} p_(i)·log p_(i) (nats,
+          the three largest probabilities of the confidence view, FLy's gate) is ≥ α, and
+      (2) the target re-converges: it ranks first (argmax) each of the next `window` drafted tokens of
+          the same block (`d.lookahead.agree` and `.valid`; default window 2, i.e. FLy's win_len 3).
+    Otherwise A = ∅ and the position gets exact acceptance. A position with fewer than `window` drafted
+    tokens after it in its block (the block's tail, the bonus position) is never kept by the gate; FLy's
+    reference code is one position stricter (it also leaves the position with exactly `window` drafts
+    after it exact). With `d.lookahead` None (a loop that computes no look-ahead) and window > 0 the rule
+    keeps nothing: lossless speculative decoding.
+
+    Meant for greedy decoding, as FLy is: at T = 0 exact acceptance keeps the target's argmax, so a
+    draft is kept iff it is the target's argmax or passes the gate, and a rejected draft is replaced by
+    the argmax. At T > 0 the loop still accepts with min(1, π(x)/q(x)) and resamples from
+    norm(max(0, π − q)) with the π built for the sampled draft, but A depends on that draft and on the
+    drafts after it, so the emitted token no longer follows one fixed π (it does wherever the gate is
+    shut, e.g. at the speculative end). The `deferred` count includes drafts that exact acceptance keeps.
+
+    Knob α = the entropy threshold in nats (FLy's entropy_thre, default 0.3); larger is stricter. Range
+    [0, 1.1] (H3 ≤ 3/e ≈ 1.10). α = 2 (> 3/e) never opens the gate: lossless speculative decoding.
+    α = 0 opens it everywhere, which is still not the drafter (the window decides); with window = 0
+    (no look-ahead needed) α = 0 is the drafter.
+    """
+
+    name = "fly"
+    alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.1), 2.0, 0.0
+    default_alpha = 0.3
+    uses_lookahead = True
+    drafter_end_settings = {"window": 0}
+    ENTROPY_TOP_K = 3
+
+    def __init__(self, alpha: float | None = None, window: int = 2):
+        super().__init__(alpha)
+        if window < 0:
+            raise DeferralError(f"the FLy window counts drafted tokens after a position, got {window}")
+        self.window = int(window)
+        self.uses_lookahead = self.window > 0
+
+    def target(self, d):
+        n, v = d.p_conf.shape
+        logp = torch.log_softmax(d.p_logits.float(), -1)
+        top = logp.topk(min(self.ENTROPY_TOP_K, v), -1).values  # (N, 3)
+        top_entropy = -(top.exp() * top.clamp_min(-1e30)).sum(-1)  # (N,)
+        keep = (top_entropy >= self.alpha) & (d.drafted >= 0)
+        if self.window > 0:
+            ahead = d.lookahead
+            if ahead is None:
+                keep = torch.zeros_like(keep)
+            else:
+                if ahead.agree.shape[1] < self.window:
+                    raise DeferralError(
+                        f"FLy window {self.window} is wider than the look-ahead ({ahead.agree.shape[1]} positions)"
+                    )
+                converges = (ahead.agree[:, : self.window] & ahead.valid[:, : self.window]).all(-1)
+                keep &= converges.to(keep.device)
+        acceptable = torch.zeros(n, v, dtype=torch.bool, device=keep.device)
+        acceptable.scatter_(-1, d.drafted.clamp_min(0)[:, None], keep[:, None])
+        return token_specific(d, acceptable)
+
+    def __repr__(self) -> str:
+        return f"FLy(alpha={self.alpha}, window={self.window})"
+
+
 HAND_SET_RULES: dict[str, type[DeferralRule]] = {
-    cls.name: cls for cls in (Chow, Diff, Opt, TokenV1, TokenV2, TokenV3, LossySpeculative)
+    cls.name: cls
+    for cls in (Chow, Diff, Opt, TokenV1, TokenV2, TokenV3, LossySpeculative, KLJudge, TypicalAcceptance, FLy)
 }
 RULE_NAMES = ["target", "drafter", "speculative", *HAND_SET_RULES, "learned"]
 

@@ -42,12 +42,16 @@ class CachedLM:
         self.valid = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (B, L) 1 = real entry
         self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # (B,) valid tokens so far
         self.calls = 0
+        self.hidden: torch.Tensor | None = None  # (B, n, H) last hidden state of the latest call, if asked
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False, want_hidden: bool = False
+    ) -> torch.Tensor:
         """Feed (B, n) tokens; `valid` (B, n) marks padding as 0. Returns (B, n, V) float logits, or
         (B, 1, V) for the last position only with `last_only` (skips the output projection elsewhere,
-        which dominates a small model's cost and a long prefill's)."""
+        which dominates a small model's cost and a long prefill's). With `want_hidden` the final
+        (normalised) hidden states of the fed positions are kept in `self.hidden`: (B, n, H)."""
         b, n = tokens.shape
         if valid is None:
             valid = torch.ones(b, n, dtype=torch.long, device=self.device)
@@ -62,9 +66,11 @@ class CachedLM:
             attention_mask=self.valid,
             position_ids=position_ids.clamp_min(0),
             use_cache=True,
+            output_hidden_states=want_hidden,
             **{self._cache_kwarg: self.cache},
             **extra,
         )
+        self.hidden = out.hidden_states[-1] if want_hidden else None
         self.positions = self.positions + valid.sum(-1)
         self.calls += 1
         logits = out.logits[..., : self.vocab_size]

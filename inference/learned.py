@@ -50,6 +50,17 @@ def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float 
     return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
 
 
+def logged_candidates(meta: dict) -> int:
+    """How many of the drafter's top tokens the learned rule scores per position.
+
+    The router only knows candidates that its training log described: a log of drafted tokens
+    (the drafter's argmax at greedy logging) describes one candidate per position, so a router asking
+    for more (whose extra candidates would get feature values never seen in training) is capped there.
+    """
+    wanted = int(meta.get("candidates", 1))
+    return max(1, min(wanted, int(meta.get("logged_candidates", 1))))
+
+
 def make_scorer(router: Router):
     """Wrap the router as the rule's scorer: (M, F) raw features -> (M,) scores, no autograd."""
 
@@ -81,22 +92,21 @@ def load_learned_rule(
             f"router {router_dir} was trained for another pair ({problem}; trained with '{source}'): "
             "use the drafter and target it was trained with, or log this pair and train a router for it"
         )
-    spec = FeatureSpec.from_dict(meta["feature_spec"])
-    current = FeatureSpec(drafter_hidden=spec.drafter_hidden, target_hidden=spec.target_hidden)
-    feature_problem = current.mismatch(spec)
-    if feature_problem:
+    try:
+        spec = FeatureSpec.check_stored(meta.get("feature_spec"))
+    except DeferralError as exc:
+        raise DeferralError(f"router {router_dir} uses other features than this version computes ({exc})") from None
+    if int(meta["config"]["num_features"]) != spec.dim:
         raise DeferralError(
-            f"router {router_dir} uses other features than this version computes ({feature_problem}): "
-            "re-log the data and retrain the router with this version"
+            f"router {router_dir} takes {meta['config']['num_features']} features but its feature list has "
+            f"{spec.dim}: re-export the router"
         )
-    if spec.drafter_hidden or spec.target_hidden:
-        raise DeferralError(f"router {router_dir} needs hidden-state features, which the decode loop does not pass yet")
     alpha = float(meta.get("alpha", 0.0) if alpha is None else alpha)
     chosen = resolve_threshold(meta, threshold, deferral_rate, alpha)
     return Learned(
         make_scorer(router),
         threshold=chosen,
         alpha=alpha,
-        candidates=int(meta.get("candidates", 1)),
+        candidates=logged_candidates(meta),
         feature_spec=spec,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from deferral.errors import DeferralError
 from deferral.rules import DeferralRule
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
@@ -31,6 +32,11 @@ def sequential_generate(
     pad_id: int,
     max_context: int,
 ) -> list[Generation]:
+    if rule.uses_lookahead or rule.hidden_needed:
+        needs = "look-ahead over a drafted block" if rule.uses_lookahead else "hidden states"
+        raise DeferralError(
+            f"rule {rule!r} reads {needs}, which the sequential cascade does not compute: drop --sequential"
+        )
     results = []
     for i, prompt in enumerate(prompts):
         row_cfg = DecodeConfig(**{**cfg.__dict__, "seed": cfg.seed + i})

@@ -19,8 +19,12 @@ Two savings keep the loop close to the cost of its forward passes:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+from deferral.features import Lookahead, block_lookahead, no_lookahead
 from deferral.probs import sample, sampling_probs, softmax_fp32
 from deferral.rules import DeferralRule, StepDistributions, TargetOnly
 from inference.acceptance import accept_drafts, residual_sample
@@ -29,8 +33,17 @@ from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation
 
 
-def rule_inputs(q_logits: torch.Tensor, p_logits: torch.Tensor, drafted: torch.Tensor, cfg: DecodeConfig):
-    """StepDistributions for N positions from (N, V) logits of both models and (N,) drafted tokens."""
+def rule_inputs(
+    q_logits: torch.Tensor,
+    p_logits: torch.Tensor,
+    drafted: torch.Tensor,
+    cfg: DecodeConfig,
+    drafter_hidden: torch.Tensor | None = None,
+    target_hidden: torch.Tensor | None = None,
+    lookahead: Lookahead | None = None,
+):
+    """StepDistributions for N positions from (N, V) logits of both models and (N,) drafted tokens
+    (plus, for rules that read them, (N, H) hidden states and the block's look-ahead)."""
     return StepDistributions(
         q_sample=sampling_probs(q_logits, cfg.temperature, cfg.top_p),
         p_sample=sampling_probs(p_logits, cfg.temperature, cfg.top_p),
@@ -39,7 +52,32 @@ def rule_inputs(q_logits: torch.Tensor, p_logits: torch.Tensor, drafted: torch.T
         q_logits=q_logits,
         p_logits=p_logits,
         drafted=drafted,
+        drafter_hidden=drafter_hidden,
+        target_hidden=target_hidden,
+        lookahead=lookahead,
     )
+
+
+@dataclass
+class Block:
+    """One verified block as the decode loop saw it, for observers (logging); B rows, k drafts.
+
+    rows: original prompt index of each batch row; context: each row's prompt + committed tokens
+    (the drafts follow it). drafts (B, k); q_logits (B, k, V); p_logits (B, k + 1, V) from the verify
+    pass; drafter_hidden (B, k, Hq) (the state that produced q at each draft) and target_hidden
+    (B, k + 1, Hp) (the verify pass's states), when the observer asked for them.
+    """
+
+    rows: list[int]
+    context: list[list[int]]
+    drafts: torch.Tensor
+    q_logits: torch.Tensor
+    p_logits: torch.Tensor
+    drafter_hidden: torch.Tensor | None
+    target_hidden: torch.Tensor | None
+
+
+Observer = Callable[[Block], None]
 
 
 def draw(probs: torch.Tensor, cfg: DecodeConfig, generator) -> torch.Tensor:
@@ -67,8 +105,11 @@ class SpeculativeDecoder:
     """
 
     @torch.inference_mode()
-    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context):
+    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=None):
         self.rule, self.cfg = rule, cfg
+        self.prompts, self.observer = prompts, observer
+        wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
+        self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
         self.state = BatchState(prompts, cfg, eos_ids, max_context)
         self.d_lm, self.t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
         self.device = self.d_lm.device
@@ -107,19 +148,42 @@ class SpeculativeDecoder:
 
     def _draft(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Draft up to K tokens: q_logits (B, k, V), drafts (B, k), and q at position k + 1 when
-        adaptive drafting stopped early (the drafter has then already fed every draft)."""
+        adaptive drafting stopped early (the drafter has then already fed every draft). With drafter
+        hidden states wanted, self.q_hidden holds (B, k, H), plus (B, 1, H) in self.q_hidden_after."""
         cfg, floor = self.cfg, self.cfg.draft_confidence
         tokens, valid = self._first_drafter_input()
-        q_steps, drafts = [], []
+        q_steps, drafts, hidden = [], [], []
+        self.q_hidden = self.q_hidden_after = None
         for j in range(self.k_now):
-            logits = self.d_lm.forward(tokens, valid, last_only=True)[:, -1]  # (B, V)
+            logits = self.d_lm.forward(tokens, valid, last_only=True, want_hidden=self.drafter_hidden)[:, -1]  # (B, V)
             if floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all()):
+                self._keep_drafter_hidden(hidden, after=True)
                 return torch.stack(q_steps, 1), torch.stack(drafts, 1), logits
             token = draw_from_logits(logits, cfg, self.generator)
             q_steps.append(logits)
             drafts.append(token)
+            if self.drafter_hidden:
+                hidden.append(self.d_lm.hidden[:, -1])
             tokens, valid = token[:, None], None
+        self._keep_drafter_hidden(hidden, after=False)
         return torch.stack(q_steps, 1), torch.stack(drafts, 1), None
+
+    def _keep_drafter_hidden(self, hidden: list[torch.Tensor], after: bool) -> None:
+        if self.drafter_hidden:
+            self.q_hidden = torch.stack(hidden, 1)  # (B, k, H)
+            self.q_hidden_after = self.d_lm.hidden[:, -1:] if after else None
+
+    def _observe(self, drafts: torch.Tensor, q_logits: torch.Tensor, p_logits: torch.Tensor, p_hidden) -> None:
+        rows = list(self.state.active)
+        context = [self.prompts[i] + self.state.tokens[i] for i in rows]
+        self.observer(Block(rows, context, drafts, q_logits, p_logits, self.q_hidden, p_hidden))
+
+    def _bonus_hidden(self, p_hidden):
+        """Hidden states at the bonus position k + 1, (B, H) each, for rules that read them."""
+        q_h = None
+        if self.drafter_hidden:
+            q_h = self.q_hidden_after[:, -1] if self.q_hidden_after is not None else self.d_lm.hidden[:, -1]
+        return q_h, (p_hidden[:, -1] if p_hidden is not None else None)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -128,8 +192,11 @@ class SpeculativeDecoder:
         k = drafts.shape[1]
         fed_last = q_after is not None  # whether the drafter has fed drafts[:, -1]
 
-        # Score the block with the target: p_logits (B, k + 1, V).
-        p_logits = self.t_lm.forward(torch.cat([self.last[:, None], drafts], dim=1))
+        # Score the block with the target: p_logits (B, k + 1, V) (and its hidden states (B, k + 1, H)).
+        p_logits = self.t_lm.forward(torch.cat([self.last[:, None], drafts], dim=1), want_hidden=self.target_hidden)
+        p_hidden = self.t_lm.hidden
+        if self.observer is not None:
+            self._observe(drafts, q_logits, p_logits, p_hidden)
         rows = torch.arange(b, device=self.device)
 
         if self.lossless and cfg.temperature <= 0:
@@ -140,8 +207,14 @@ class SpeculativeDecoder:
             next_token = p_arg[rows, n_kept]
             deferred = torch.ones(b, k, dtype=torch.bool, device=self.device)
         else:
-            d = rule_inputs(q_logits.flatten(0, 1), p_logits[:, :k].flatten(0, 1), drafts.flatten(), cfg)
-            out = self.rule.target(d)
+            rule = self.rule
+            d = rule_inputs(
+                q_logits.flatten(0, 1), p_logits[:, :k].flatten(0, 1), drafts.flatten(), cfg,
+                drafter_hidden=self.q_hidden.flatten(0, 1) if "drafter" in rule.hidden_needed else None,
+                target_hidden=p_hidden[:, :k].flatten(0, 1) if "target" in rule.hidden_needed else None,
+                lookahead=block_lookahead(p_logits[:, :k], drafts) if rule.uses_lookahead else None,
+            )
+            out = rule.target(d)
             pi, q_sample = out.pi.view(b, k, -1), d.q_sample.view(b, k, -1)
             n_kept = accept_drafts(pi, q_sample, drafts, self.generator)  # (B,)
             at = n_kept.clamp_max(k - 1)
@@ -152,9 +225,15 @@ class SpeculativeDecoder:
                     bonus = draw_from_logits(p_logits[:, k], cfg, self.generator)
                 else:
                     if q_after is None:  # one more drafter forward, over the last draft
-                        q_after = self.d_lm.forward(drafts[:, -1:], last_only=True)[:, -1]  # (B, V)
+                        q_after = self.d_lm.forward(drafts[:, -1:], last_only=True, want_hidden=self.drafter_hidden)[:, -1]
                         fed_last = True
-                    bonus_d = rule_inputs(q_after, p_logits[:, k], torch.full_like(self.last, -1), cfg)
+                    q_h, p_h = self._bonus_hidden(p_hidden)
+                    bonus_d = rule_inputs(
+                        q_after, p_logits[:, k], torch.full_like(self.last, -1), cfg,
+                        drafter_hidden=q_h if "drafter" in rule.hidden_needed else None,
+                        target_hidden=p_h if "target" in rule.hidden_needed else None,
+                        lookahead=no_lookahead(b, self.device) if rule.uses_lookahead else None,
+                    )
                     bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
                 next_token = torch.where(all_kept, bonus, next_token)
             deferred = out.deferred.view(b, k)
@@ -207,9 +286,16 @@ def speculative_generate(
     eos_ids: set[int],
     pad_id: int,
     max_context: int,
+    observer: Observer | None = None,
 ) -> list[Generation]:
-    """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`."""
-    decoder = SpeculativeDecoder(drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context)
+    """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`.
+
+    `observer(block)`, if given, sees every verified block before the rule decides (see Block); its
+    optional attribute `hidden_needed` names the hidden states ("drafter", "target") it wants.
+    """
+    decoder = SpeculativeDecoder(
+        drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=observer
+    )
     while decoder.active:
         decoder.step()
     return decoder.state.results()

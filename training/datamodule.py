@@ -25,7 +25,18 @@ TARGETS = {
     "gap_nll": ("label_gap_nll", lambda v: v > 0, "the drafter's log-loss on the reference token exceeds the target's"),
     "mismatch": ("label_mismatch", lambda v: v > 0, "argmax q != argmax p"),
     "reject": ("label_accept_prob", lambda v: v < 0.5, "the drafted token's acceptance probability min(1, p/q) < 0.5"),
+    # consequence targets (cascade logs, see training/consequence.py); the regressed value is the
+    # column, transformed so that higher = more harm from keeping the drafted token
+    "harm": ("label_rollout_chrf", lambda v: v > 0.5,
+             "1 - chrF of the roll-out after the drafted token against the one after the target's (regressed); "
+             "deferral needed where it exceeds 0.5"),
+    "ll_drop": ("label_ll_drop", lambda v: v > 0.5,
+                "drop of the target's mean log-likelihood of its own continuation (regressed); needed above 0.5 nats"),
+    "line_change": ("label_same_line", lambda v: v > 0.5, "the roll-out's first line changes"),
 }
+# How a consequence column becomes the regressed "harm" value (identity for the others).
+_HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": lambda v: 1.0 - v}
+CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change")
 SPLITS = ("train", "val", "test")
 
 
@@ -83,29 +94,42 @@ def read_arrays(path: str, limit_rows: int | None = None) -> LoggedArrays:
     dim = FeatureSpec.from_dict(meta["feature_spec"]).dim
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     features = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
-    names = ["doc_id", "position", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv"]
-    columns = {n: table.column(n).to_numpy() for n in names}
+    names = ["doc_id", "position", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv",
+             "label_ll_drop", "label_rollout_chrf", "label_same_line"]
+    columns = {n: table.column(n).to_numpy() for n in names if n in table.column_names}
     return LoggedArrays(features=features, columns=columns, meta=meta)
+
+
+def target_values(arrays: LoggedArrays, target: str) -> np.ndarray:
+    """(N,) float32 values of `target`'s column, oriented so that higher = deferral more needed."""
+    column = TARGETS[target][0]
+    values = arrays.columns.get(column)
+    if values is None or (target in CONSEQUENCE_TARGETS and np.isnan(values.astype(np.float32)).all()):
+        raise DeferralError(
+            f"router target '{target}' needs consequence labels, which this log lacks: log with `deferral log --mode cascade`"
+        )
+    return _HARM_TRANSFORM.get(column, lambda v: v)(values.astype(np.float32))
 
 
 def binary_target(arrays: LoggedArrays, target: str) -> np.ndarray:
     """(N,) float32 1 where deferral is needed under `target`."""
-    column, positive, _ = TARGETS[target]
-    return positive(arrays.columns[column].astype(np.float32)).astype(np.float32)
+    return TARGETS[target][1](target_values(arrays, target)).astype(np.float32)
 
 
 def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
-    """(N,) float32 raw loss gap to regress (label_gap01 or label_gap_nll)."""
+    """(N,) float32 value to regress: a loss gap or a consequence (harm) label."""
     column = TARGETS[target][0]
-    if column not in ("label_gap01", "label_gap_nll"):
-        raise DeferralError(f"objective 'regress' needs a loss-gap target (gap01 or gap_nll), not '{target}'")
-    return arrays.columns[column].astype(np.float32)
+    if column not in ("label_gap01", "label_gap_nll") and target not in CONSEQUENCE_TARGETS:
+        raise DeferralError(
+            f"objective 'regress' needs a loss-gap or consequence target (gap01, gap_nll, "
+            f"{', '.join(CONSEQUENCE_TARGETS)}), not '{target}'"
+        )
+    return target_values(arrays, target)
 
 
 def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> TensorDataset:
     """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,)."""
-    column = TARGETS[target][0]
-    y_reg = arrays.columns[column].astype(np.float32)
+    y_reg = target_values(arrays, target)
     parts = [
         arrays.features[mask],
         binary_target(arrays, target)[mask],
@@ -165,7 +189,9 @@ class FeatureDataModule(L.LightningDataModule):
 
     def use_arrays(self, arrays: LoggedArrays) -> None:
         """Split and tensorise already-loaded columns (setup() reads them from `path`)."""
-        check_feature_spec(arrays.meta, FeatureSpec())  # the decode loop computes the current layout
+        # the decode loop computes every layout this version names (hidden states, look-ahead): the
+        # logged names must be exactly the ones it computes for the same options
+        check_feature_spec(arrays.meta, FeatureSpec.check_stored(arrays.meta["feature_spec"]))
         masks = split_documents(arrays.columns["doc_id"], self.val_fraction, self.test_fraction, self.split_seed)
         self.arrays, self.meta = arrays, arrays.meta
         self.datasets = {name: split_tensors(arrays, masks[name], self.target) for name in SPLITS}

@@ -40,7 +40,9 @@ def build_parser() -> ArgumentParser:
                         help="how a .txt file splits into documents: paragraph (blank lines), line or file")
     parser.add_argument("--out", type=str, required=True, help="output folder (rerun with the same flags to resume)")
     parser.add_argument("--mode", type=str, default="reference",
-                        help="reference: score the corpus text; on-policy: score continuations generated from its prompts")
+                        help="reference: score the corpus text; on-policy: score continuations generated from its "
+                             "prompts; cascade: log the decode loop's own drafted blocks with look-ahead features and "
+                             "consequence labels from target roll-outs (see docs/logging.md)")
     parser.add_argument("--max-len", type=int, default=512, help="tokens per window scored in one pass")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--docs-per-shard", type=int, default=64, help="documents per shard (the unit of resumption)")
@@ -51,14 +53,18 @@ def build_parser() -> ArgumentParser:
                         help="stop after this many positions (split evenly across processes)")
     parser.add_argument("--hidden", type=str, default="none",
                         help=f"append last hidden states to the features: {', '.join(HIDDEN_CHOICES)}")
-    parser.add_argument("--prompt-tokens", type=int, default=64, help="on-policy: prompt length taken from each document")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy: tokens generated per prompt")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="on-policy/cascade: prompt length (tokens) taken from each document")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy/cascade: tokens generated per prompt")
     parser.add_argument("--generator", type=str, default="target",
                         help="on-policy: who writes continuations: target, or a cascade rule (speculative, chow, opt, ...)")
     parser.add_argument("--alpha", type=float | None, default=None, help="on-policy: the knob of a cascade generator")
     parser.add_argument("--temperature", type=float, default=0.0, help="on-policy: sampling temperature (0 = greedy)")
     parser.add_argument("--draft-tokens", type=int, default=5, help="on-policy: tokens drafted per step by a cascade")
-    parser.add_argument("--seed", type=int, default=0, help="on-policy: random seed for sampling")
+    parser.add_argument("--seed", type=int, default=0, help="on-policy/cascade: random seed (sampling, prompt cuts)")
+    parser.add_argument("--horizon", type=int, default=16,
+                        help="cascade: target tokens rolled out after each choice for the consequence labels")
+    parser.add_argument("--rollout-batch-size", type=int, default=64,
+                        help="cascade: sequences per roll-out batch (speed only)")
     parser.add_argument("--compile", type=str, default="auto",
                         help="torch.compile the feature and label step (a one-off compile cost, then about twice as "
                              "fast): on, off, or auto = on for vocabularies of 4096 tokens or more")
@@ -76,6 +82,7 @@ def log_config(args) -> LogConfig:
         max_len=args.max_len, batch_size=args.batch_size, hidden=args.hidden, mode=args.mode,
         prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens, generator=args.generator,
         alpha=args.alpha, temperature=args.temperature, draft_tokens=args.draft_tokens, seed=args.seed,
+        horizon=args.horizon, rollout_batch_size=args.rollout_batch_size,
     )
     cfg.validate()
     should_compile(args.compile, 0)  # an unknown choice fails before any model loads
@@ -115,6 +122,9 @@ class LogJob:
         cfg = asdict(self.cfg)
         cfg.pop("batch_size")  # batching and compilation change speed, not rows
         cfg.pop("compile")
+        cfg.pop("rollout_batch_size")
+        if cfg["mode"] != "cascade":
+            cfg.pop("horizon")
         if cfg["mode"] == "reference":
             for key in ("prompt_tokens", "max_new_tokens", "generator", "alpha", "temperature", "draft_tokens", "seed"):
                 cfg.pop(key)
@@ -144,7 +154,7 @@ class LogJob:
             return
         if self.out.exists() and any(self.out.iterdir()):
             raise DeferralError(f"{self.out} exists and is not a `deferral log` folder: choose a new or empty --out")
-        spec = feature_spec(pair, self.cfg.hidden)
+        spec = feature_spec(pair, self.cfg.hidden, self.cfg.mode)
         meta = fmt.build_meta(spec, pair.identity(), self.corpus.description, self.cfg.mode,
                               extra={"log_config": asdict(self.cfg)})
         fmt.write_json_atomic(self.out / "meta.json", meta)
@@ -187,7 +197,7 @@ class LogJob:
             return True
         remaining = None if budget is None else budget - tally.logged
         rows = log_chunk(pair, docs, self.cfg, progress=bar.update if bar is not None else None, max_rows=remaining)
-        table = fmt.arrow_table(rows, feature_spec(pair, self.cfg.hidden).dim)
+        table = fmt.arrow_table(rows, feature_spec(pair, self.cfg.hidden, self.cfg.mode).dim)
         fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
         tally.logged += table.num_rows
         tally.new += table.num_rows
@@ -317,7 +327,7 @@ def main(argv: list[str]) -> int:
     job.use_pair_settings(pair, args.compile)
     job.prepare(pair)
     stats = job.run(pair, show_progress=not args.no_progress)
-    progress = job.finalize(feature_spec(pair, job.cfg.hidden).dim)
+    progress = job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
     track(args, job, stats, progress)
     print(f"logged {progress['positions']} positions in {progress['shards']} shard(s) to {args.out} "
           f"({stats['new_positions']} new, {stats['positions_per_s']:.0f} positions/s)", file=sys.stderr)

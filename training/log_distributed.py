@@ -105,9 +105,9 @@ def main_distributed(args) -> int:
     stats = _sum_across_ranks(module.stats)
     trainer.strategy.barrier()  # every rank's shards are on disk
     if stats["positions"] == 0:  # every rank raises together rather than leaving others at a barrier
-        job.finalize(feature_spec(pair, job.cfg.hidden).dim)
+        job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
     if trainer.global_rank == 0:
-        progress = job.finalize(feature_spec(pair, job.cfg.hidden).dim)
+        progress = job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
         track(args, job, stats, progress)
         print(f"logged {progress['positions']} positions in {progress['shards']} shard(s) to {args.out} "
               f"with {args.devices} processes", file=sys.stderr)

@@ -21,9 +21,10 @@ from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
 from deferral.labels import labels_with_features
 from deferral.pair import Pair
+from training.consequence import CONSEQUENCE_LABELS
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
-MODES = ("reference", "on-policy")
+MODES = ("reference", "on-policy", "cascade")
 FEATURE_ROWS = 64  # positions turned into features at once: keeps the (rows, vocab) float32 temporaries cache-sized (256 rows: ratio 0.82 to bare forwards; 64 rows: 0.89-0.90)
 
 
@@ -41,6 +42,9 @@ class LogConfig:
     temperature: float = 0.0
     draft_tokens: int = 5
     seed: int = 0
+    # cascade mode: consequence labels from target roll-outs of this many tokens, batched this wide
+    horizon: int = 16
+    rollout_batch_size: int = 64
     compile: bool = False  # torch.compile the feature + label step (fused kernels; a one-off compile cost)
     # (resolve "auto" with should_compile before building a LogConfig)
 
@@ -52,12 +56,18 @@ class LogConfig:
         if self.hidden not in HIDDEN_CHOICES:
             raise DeferralError(f"--hidden {self.hidden} is unknown: choose one of {', '.join(HIDDEN_CHOICES)}")
         if self.mode not in MODES:
-            raise DeferralError(f"--mode {self.mode} is unknown: choose reference or on-policy")
-        if self.mode == "on-policy":
+            raise DeferralError(f"--mode {self.mode} is unknown: choose one of {', '.join(MODES)}")
+        if self.horizon < 1 or self.rollout_batch_size < 1:
+            raise DeferralError(f"--horizon and --rollout-batch-size must be at least 1, got {self.horizon}, "
+                                f"{self.rollout_batch_size}")
+        if self.mode in ("on-policy", "cascade"):
             from deferral.rules import make_rule
 
             if self.prompt_tokens < 1:
                 raise DeferralError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}")
+            if self.mode == "cascade" and self.generator in ("target", "drafter"):
+                raise DeferralError(f"--mode cascade logs a cascade's blocks: --generator {self.generator} drafts "
+                                    "none; use speculative or a cascade rule")
             if self.generator == "drafter":
                 raise DeferralError("--generator drafter would log the drafter's own text: use target or a cascade rule")
             make_rule(self.generator, self.alpha)  # an unknown rule or a missing alpha fails here, before any work
@@ -73,11 +83,13 @@ class Window:
     log_from: int = 0
 
 
-def feature_spec(pair: Pair, hidden: str) -> FeatureSpec:
+def feature_spec(pair: Pair, hidden: str, mode: str = "reference") -> FeatureSpec:
+    """The feature layout a log of `mode` holds: cascade logs add the block's look-ahead."""
     width = lambda m: int(m.model.config.hidden_size)  # noqa: E731
     return FeatureSpec(
         drafter_hidden=width(pair.drafter) if hidden in ("drafter", "both") else 0,
         target_hidden=width(pair.target) if hidden in ("target", "both") else 0,
+        lookahead=mode == "cascade",
     )
 
 
@@ -124,7 +136,9 @@ def rows_from_logits(
     """
     drafted = q_logits.argmax(-1)  # (N,)
     features = compute_features(q_logits, p_logits, drafted[:, None], drafter_hidden, target_hidden)[:, 0, :]
+    missing = torch.full_like(drafted, float("nan"), dtype=torch.float32)  # consequence labels: cascade logs only
     return {
+        **{name: missing for name in CONSEQUENCE_LABELS},
         "token_id": next_tokens,
         "drafted_id": drafted,
         "features": features,
@@ -259,6 +273,14 @@ def log_chunk(
     `progress(n_positions)` is called after each batch (a tqdm update, for example). `max_rows`
     keeps only the first rows in document order, and skips scoring the windows beyond them.
     """
+    if cfg.mode == "cascade":
+        from training.cascade_log import cascade_chunk
+
+        rows = cascade_chunk(pair, documents, cfg, feature_spec(pair, cfg.hidden, cfg.mode), progress)
+        if rows is None:
+            return empty_rows(feature_spec(pair, cfg.hidden, cfg.mode).dim)
+        order = np.lexsort((rows["position"], rows["doc_id"]))[:max_rows]
+        return {k: v[order] for k, v in rows.items()}
     max_len = effective_max_len(pair, cfg.max_len)
     tokenized = [(doc_id, tokenize(pair, text)) for doc_id, text in documents]
     if cfg.mode == "on-policy":
@@ -275,7 +297,7 @@ def log_chunk(
         if progress is not None:
             progress(len(rows["doc_id"]))
     if not parts:
-        return empty_rows(feature_spec(pair, cfg.hidden).dim)
+        return empty_rows(feature_spec(pair, cfg.hidden, cfg.mode).dim)
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((rows["position"], rows["doc_id"]))[:max_rows]
     return {k: v[order] for k, v in rows.items()}

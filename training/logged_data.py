@@ -30,10 +30,11 @@ import pyarrow as pa
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.labels import LABEL_DEFINITIONS
+from training.consequence import CONSEQUENCE_LABELS
 
 FORMAT = "deferral-log"
 FORMAT_VERSION = 1
-LABEL_COLUMNS = ["label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll"]
+LABEL_COLUMNS = ["label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", *CONSEQUENCE_LABELS]
 ID_COLUMNS = ["doc_id", "position", "token_id", "drafted_id"]
 COLUMNS = ID_COLUMNS + ["features"] + LABEL_COLUMNS + ["tv"]
 SHARD_GLOB = "shards/rank-*/chunk-*.arrow"
@@ -49,6 +50,7 @@ _NUMPY_TYPES = {
     "label_gap01": np.float32,
     "label_gap_nll": np.float32,
     "tv": np.float32,
+    **{name: np.float32 for name in CONSEQUENCE_LABELS},
 }
 
 
@@ -163,7 +165,7 @@ def build_meta(spec: FeatureSpec, pair_identity: dict, corpus: dict, mode: str, 
         "pair": pair_identity,
         "corpus": corpus,
         "mode": mode,
-        "labels": dict(LABEL_DEFINITIONS),
+        "labels": {**LABEL_DEFINITIONS, **CONSEQUENCE_LABELS},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "library_versions": {
             "torch": torch.__version__,

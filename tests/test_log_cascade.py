@@ -1,0 +1,127 @@
+"""Cascade logging: rows from the decode loop's own blocks, with look-ahead and consequence labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deferral.errors import DeferralError
+from deferral.features import LOOKAHEAD_FEATURES, FeatureSpec, compute_features
+from deferral.rules import make_rule
+from inference.config import DecodeConfig
+from inference.runner import run
+from inference.tasks.text_metrics import chrf
+from tests.test_log import arrays, log_args, write_corpus
+from training import logged_data as fmt
+from training.cascade_log import chat_document, cut_prompt
+from training.log_cli import main as log_main
+
+PROMPT, NEW, K, HORIZON = 12, 14, 4, 6
+
+
+@pytest.fixture(scope="module")
+def cascade_log(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    corpus = write_corpus(root / "c.txt", docs=4)
+    out = root / "out"
+    flags = ["--mode", "cascade", "--generator", "speculative", "--prompt-tokens", str(PROMPT),
+             "--max-new-tokens", str(NEW), "--draft-tokens", str(K), "--horizon", str(HORIZON)]
+    assert log_main(log_args(tiny_dir, corpus, out, *flags)) == 0
+    ds, meta = fmt.load_logged(out)
+    return corpus, arrays(ds), meta
+
+
+def _contexts(tiny_pair, corpus, a, rows):
+    """Rebuild each row's context: the prompt plus the tokens before the drafted position, read back
+    from the greedy target text (lossless speculative decoding writes exactly that)."""
+    from training.corpora import open_corpus
+
+    docs = list(open_corpus(str(corpus)).documents())
+    out = []
+    for i in rows:
+        prompt = cut_prompt(tiny_pair, int(a["doc_id"][i]), docs[int(a["doc_id"][i])], PROMPT, 0)
+        out.append(prompt)
+    return out
+
+
+def test_rows_are_blocks_with_lookahead(cascade_log):
+    _, a, meta = cascade_log
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    assert spec.lookahead and meta["mode"] == "cascade"
+    ahead_n = a["features"][:, spec.names.index("ahead_n")]
+    # a block of k drafts gives positions with k - 1, ..., 0 drafts after them, never more than K - 1
+    assert set(np.unique(ahead_n)) <= set(range(K))
+    assert (ahead_n == K - 1).sum() > 0 and (ahead_n == 0).sum() > 0
+    # the logged "reference" is the target's own greedy token; the drafter's token is drafted_id
+    agree = a["drafted_id"] == a["token_id"]
+    np.testing.assert_array_equal(a["label_mismatch"] == 0, agree)
+
+
+def test_consequence_labels_match_rollouts(cascade_log, tiny_pair):
+    corpus, a, _ = cascade_log
+    agree = a["drafted_id"] == a["token_id"]
+    assert (a["label_ll_drop"][agree] == 0).all() and (a["label_rollout_chrf"][agree] == 1).all()
+    assert (a["label_same_line"][agree] == 1).all()
+    mismatches = np.flatnonzero(~agree)
+    assert mismatches.size > 0
+    # The first drafted position of each document's first block follows the prompt directly, so its
+    # context is known here: recompute its labels with the plain target decode loop.
+    first = [i for i in mismatches if a["position"][i] == a["position"][a["doc_id"] == a["doc_id"][i]].min()]
+    assert first, "expected a mismatch right after some prompt"
+    checked = 0
+    for i, context in zip(first, _contexts(tiny_pair, corpus, a, first)):
+        if len(context) != a["position"][i]:
+            continue
+        x, t = int(a["drafted_id"][i]), int(a["token_id"][i])
+        cfg = DecodeConfig(max_new_tokens=HORIZON, draft_tokens=1, seed=0)
+        [orig, swap] = run(tiny_pair, make_rule("target"), [context + [t], context + [x]], cfg)
+        decode = tiny_pair.tokenizer.decode
+        expected = chrf(decode([x] + swap.tokens), decode([t] + orig.tokens))
+        assert a["label_rollout_chrf"][i] == pytest.approx(expected, abs=1e-5)
+        # ll drop: the target believes its own continuation less after the drafter's token
+        with torch.no_grad():
+            def mean_logp(prefix):
+                ids = torch.tensor([prefix + orig.tokens])
+                logp = torch.log_softmax(tiny_pair.target.model(ids).logits[0, :, : tiny_pair.vocab_size], -1)
+                n = len(prefix)
+                return float(logp[n - 1 : -1].detach().gather(-1, torch.tensor(orig.tokens)[:, None]).mean())
+        assert a["label_ll_drop"][i] == pytest.approx(mean_logp(context + [t]) - mean_logp(context + [x]), abs=1e-4)
+        checked += 1
+    assert checked > 0
+
+
+def test_features_equal_the_decode_loops(cascade_log, tiny_pair):
+    """The first block of a document: features from a fresh pass over prompt + drafts equal the log's."""
+    corpus, a, meta = cascade_log
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    doc = int(a["doc_id"][0])
+    in_doc = np.flatnonzero(a["doc_id"] == doc)
+    start = a["position"][in_doc].min()
+    # rows are sorted stably by position, so the first row at each position is the first block's
+    rows = np.array([in_doc[a["position"][in_doc] == start + j][0] for j in range(K)])
+    [context] = _contexts(tiny_pair, corpus, a, rows[:1])
+    drafts = [int(t) for t in a["drafted_id"][rows]]
+    ids = torch.tensor([context + drafts])
+    v = tiny_pair.vocab_size
+    with torch.no_grad():
+        q = tiny_pair.drafter.model(ids).logits[0, len(context) - 1 : -1, :v]
+        p = tiny_pair.target.model(ids).logits[0, len(context) - 1 : -1, :v]
+    from deferral.features import block_lookahead
+
+    expected = compute_features(q, p, torch.tensor(drafts)[:, None], lookahead=block_lookahead(p[None], torch.tensor([drafts])))
+    np.testing.assert_allclose(a["features"][rows], expected[:, 0].numpy(), rtol=1e-4, atol=1e-4)
+    assert spec.names[-len(LOOKAHEAD_FEATURES):] == tuple(LOOKAHEAD_FEATURES)
+
+
+def test_cascade_mode_refuses_generators_without_drafts(tiny_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt", docs=3)
+    with pytest.raises(DeferralError, match="--mode cascade"):
+        log_main(log_args(tiny_dir, corpus, tmp_path / "x", "--mode", "cascade", "--generator", "target"))
+
+
+def test_chat_documents_go_through_the_template(tiny_pair):
+    # the tiny tokenizer has no chat template: refused in one line, never logged as plain text
+    with pytest.raises(DeferralError, match="no chat template"):
+        cut_prompt(tiny_pair, 0, chat_document("hello"), 64, 0)
+    assert cut_prompt(tiny_pair, 0, "a\nb\nc\nd", 64, 0)[-1] != tiny_pair.tokenizer.convert_tokens_to_ids("\n")

@@ -1,0 +1,122 @@
+"""Consequence labels: what keeping the drafter's token instead of the target's does downstream.
+
+At a drafted position with context c (prompt + committed tokens + the earlier drafts of its block),
+the drafter proposes x and the target's greedy choice is a. Where x != a, two greedy roll-outs of
+the target, `horizon` tokens each, show what the choice changes:
+    original  a + C_a   (C_a = the target's continuation after c + a)
+    swapped   x + C_x   (C_x = the target's continuation after c + x)
+and give three labels (agreeing positions, x == a, get the no-harm values 0 / 1 / 1):
+- label_ll_drop      mean per token of log p(C_a | c, a) - log p(C_a | c, x): how much less the
+                     target believes its own original continuation once x is in (SelfJudge's signal);
+- label_rollout_chrf chrF of the swapped text x + C_x against the original a + C_a (1 = same text);
+- label_same_line    1 when both texts agree up to their first newline (the rest of the line survives).
+The router's "harm" target is 1 - label_rollout_chrf.
+
+Cost per labelled mismatch: two batched greedy roll-outs of `horizon` target steps and two
+teacher-forced target passes over context + 1 + horizon tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from inference.autoregressive import autoregressive_generate
+from inference.config import DecodeConfig
+from inference.tasks.text_metrics import chrf, first_line
+
+CONSEQUENCE_LABELS = {
+    "label_ll_drop": "mean per-token drop of the target's log-likelihood of its own continuation when the "
+                     "drafted token replaces its argmax (float32; 0 where they agree; NaN outside cascade logs)",
+    "label_rollout_chrf": "chrF of drafted token + target roll-out against argmax + target roll-out "
+                          "(float32; 1 where they agree; NaN outside cascade logs)",
+    "label_same_line": "1 where both roll-outs agree up to their first newline (float32; NaN outside cascade logs)",
+}
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    horizon: int = 16  # target tokens generated after each of the two choices
+    batch_size: int = 64  # sequences per roll-out / scoring batch
+
+
+def _by_length(contexts: list[list[int]], batch_size: int):
+    """Index batches of similar context length (less padding); deterministic."""
+    order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def greedy_rollouts(pair, contexts: list[list[int]], cfg: RolloutConfig, eos_ids: set[int], pad_id: int) -> list[list[int]]:
+    """The target's greedy continuation (up to cfg.horizon tokens, stopping at EOS) of each context."""
+    decode = DecodeConfig(max_new_tokens=cfg.horizon, temperature=0.0, draft_tokens=1)
+    out: list[list[int]] = [[] for _ in contexts]
+    for batch in _by_length(contexts, cfg.batch_size):
+        gens = autoregressive_generate(
+            pair.target.model, [contexts[i] for i in batch], decode, pair.vocab_size, eos_ids, pad_id,
+            pair.max_context,
+        )
+        for i, gen in zip(batch, gens):
+            out[i] = [int(t) for t in gen.tokens]
+    return out
+
+
+@torch.inference_mode()
+def continuation_logprob(pair, contexts: list[list[int]], continuations: list[list[int]], batch_size: int) -> np.ndarray:
+    """(N,) mean log p of each continuation given its context under the target (0 for an empty one)."""
+    result = np.zeros(len(contexts), dtype=np.float32)
+    device = pair.device
+    for batch in _by_length(contexts, batch_size):
+        seqs = [contexts[i] + continuations[i] for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for r, s in enumerate(seqs):  # right padding: positions stay 0..len-1
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+        logits = pair.target.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logp = torch.log_softmax(logits[..., : pair.vocab_size].float(), -1)  # (b, L, V)
+        for r, i in enumerate(batch):
+            n_ctx, n_cont = len(contexts[i]), len(continuations[i])
+            if n_cont == 0:
+                continue
+            targets = torch.tensor(continuations[i], device=device)
+            # the token at position t is predicted by the logits at t - 1
+            steps = logp[r, n_ctx - 1 : n_ctx - 1 + n_cont].gather(-1, targets[:, None])[:, 0]
+            result[i] = float(steps.mean())
+    return result
+
+
+def consequence_labels(
+    pair,
+    contexts: list[list[int]],
+    drafted: np.ndarray,
+    target_argmax: np.ndarray,
+    cfg: RolloutConfig,
+    eos_ids: set[int],
+    pad_id: int,
+) -> dict[str, np.ndarray]:
+    """CONSEQUENCE_LABELS for N drafted positions (see the module docstring).
+
+    contexts: N token lists (what precedes each drafted token); drafted, target_argmax: (N,) ints.
+    """
+    n = len(contexts)
+    ll_drop = np.zeros(n, dtype=np.float32)
+    sim = np.ones(n, dtype=np.float32)
+    same = np.ones(n, dtype=np.float32)
+    todo = np.flatnonzero(np.asarray(drafted) != np.asarray(target_argmax))
+    if todo.size:
+        orig_ctx = [contexts[i] + [int(target_argmax[i])] for i in todo]
+        swap_ctx = [contexts[i] + [int(drafted[i])] for i in todo]
+        rolled = greedy_rollouts(pair, orig_ctx + swap_ctx, cfg, eos_ids, pad_id)
+        c_orig, c_swap = rolled[: todo.size], rolled[todo.size :]
+        lp = continuation_logprob(pair, orig_ctx + swap_ctx, c_orig + c_orig, cfg.batch_size)
+        ll_drop[todo] = lp[: todo.size] - lp[todo.size :]
+        decode = pair.tokenizer.decode
+        for m, i in enumerate(todo):
+            original = decode([int(target_argmax[i])] + c_orig[m])
+            swapped = decode([int(drafted[i])] + c_swap[m])
+            sim[i] = chrf(swapped, original) if original.strip() or swapped.strip() else float(original == swapped)
+            same[i] = float(first_line(swapped) == first_line(original))
+    return {"label_ll_drop": ll_drop, "label_rollout_chrf": sim, "label_same_line": same}
