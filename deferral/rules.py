@@ -365,34 +365,37 @@ class FLy(DeferralRule):
     """Entropy-gated deferral with a look-ahead window, after FLy (Li et al., ICLR 2026, "Training-Free
     Loosely Speculative Decoding", AMD-AGI/FLy; vLLM's opt-in `fly` rejection method).
 
-    Keep the drafted token x (A = {x}, a token rule) iff
-      (1) the target is uncertain there: its top-3 entropy H3(p) = −Σ_{i≤3} p_(i)·log p_(i) (nats,
-          the three largest probabilities of the confidence view, FLy's gate) is ≥ α, and
-      (2) the target re-converges: it ranks first (argmax) each of the next `window` drafted tokens of
-          the same block (`d.lookahead.agree` and `.valid`; default window 2, i.e. FLy's win_len 3).
-    Otherwise A = ∅ and the position gets exact acceptance. A position with fewer than `window` drafted
-    tokens after it in its block (the block's tail, the bonus position) is never kept by the gate; FLy's
-    reference code is one position stricter (it also leaves the position with exactly `window` drafts
-    after it exact). With `d.lookahead` None (a loop that computes no look-ahead) and window > 0 the rule
-    keeps nothing: lossless speculative decoding.
+    Keep the drafted token x iff
+      (1) the target is unsure there: its top-3 entropy H3(p) = −Σ_{i≤3} p_(i)·log p_(i) (nats, over
+          the three largest probabilities of the confidence view; FLy's gate) is ≥ α, and
+      (2) the target re-converges after x: it ranks first (argmax) each of the next `window` drafted
+          tokens of the same block (`d.lookahead.agree` and `.valid`; default window 2, FLy's win_len 3).
+    Where x is kept π = q, elsewhere π = p (exact acceptance): a mixture rule. (The token-rule form
+    A = {x} keeps x just the same, since a draft in A is never rejected; π = q also makes the drafter
+    end exact.) With window > 0, a position with fewer than `window` drafted tokens after it in its
+    block (the block's tail; the bonus position, whose look-ahead is empty) is always deferred; FLy's
+    reference code is one position stricter (it also defers the position with exactly `window` drafts
+    after it). With window > 0 and `d.lookahead` None (a loop that computes no look-ahead) the rule
+    defers everywhere: lossless speculative decoding.
 
-    Meant for greedy decoding, as FLy is: at T = 0 exact acceptance keeps the target's argmax, so a
-    draft is kept iff it is the target's argmax or passes the gate, and a rejected draft is replaced by
-    the argmax. At T > 0 the loop still accepts with min(1, π(x)/q(x)) and resamples from
-    norm(max(0, π − q)) with the π built for the sampled draft, but A depends on that draft and on the
-    drafts after it, so the emitted token no longer follows one fixed π (it does wherever the gate is
-    shut, e.g. at the speculative end). The `deferred` count includes drafts that exact acceptance keeps.
+    Meant for greedy decoding, as FLy is: at T = 0 exact acceptance keeps the target's argmax, so a draft
+    is kept iff it is the target's argmax or passes the gate, and the first draft that is neither is
+    replaced by the argmax. At T > 0 the loop runs the same accept/resample step, but the decision
+    depends on the sampled draft and on the drafts after it, so the emitted token no longer follows one
+    fixed π (it does where the decision cannot change: the speculative end, or window = 0). `deferred`
+    counts every position the gate does not keep, including drafts that exact acceptance keeps.
 
     Knob α = the entropy threshold in nats (FLy's entropy_thre, default 0.3); larger is stricter. Range
-    [0, 1.1] (H3 ≤ 3/e ≈ 1.10). α = 2 (> 3/e) never opens the gate: lossless speculative decoding.
-    α = 0 opens it everywhere, which is still not the drafter (the window decides); with window = 0
-    (no look-ahead needed) α = 0 is the drafter.
+    [0, 1.1] (H3 ≤ 3/e ≈ 1.10). α = 2 (> 3/e) never keeps: lossless speculative decoding. α = 0 passes
+    the entropy gate everywhere but is not the drafter (the window still decides); with window = 0
+    (then no look-ahead is needed) α = 0 is the drafter.
     """
 
     name = "fly"
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.1), 2.0, 0.0
     default_alpha = 0.3
     uses_lookahead = True
+    #: constructor settings under which alpha_drafter is exactly the drafter (the default window is not).
     drafter_end_settings = {"window": 0}
     ENTROPY_TOP_K = 3
 
@@ -401,14 +404,13 @@ class FLy(DeferralRule):
         if window < 0:
             raise DeferralError(f"the FLy window counts drafted tokens after a position, got {window}")
         self.window = int(window)
-        self.uses_lookahead = self.window > 0
+        self.uses_lookahead = self.window > 0  # window 0: the entropy gate alone
 
     def target(self, d):
-        n, v = d.p_conf.shape
         logp = torch.log_softmax(d.p_logits.float(), -1)
-        top = logp.topk(min(self.ENTROPY_TOP_K, v), -1).values  # (N, 3)
-        top_entropy = -(top.exp() * top.clamp_min(-1e30)).sum(-1)  # (N,)
-        keep = (top_entropy >= self.alpha) & (d.drafted >= 0)
+        top = logp.topk(min(self.ENTROPY_TOP_K, logp.shape[-1]), -1).values  # (N, 3)
+        top_entropy = -torch.where(top > -torch.inf, top.exp() * top, torch.zeros_like(top)).sum(-1)  # (N,)
+        keep = top_entropy >= self.alpha
         if self.window > 0:
             ahead = d.lookahead
             if ahead is None:
@@ -420,9 +422,7 @@ class FLy(DeferralRule):
                     )
                 converges = (ahead.agree[:, : self.window] & ahead.valid[:, : self.window]).all(-1)
                 keep &= converges.to(keep.device)
-        acceptable = torch.zeros(n, v, dtype=torch.bool, device=keep.device)
-        acceptable.scatter_(-1, d.drafted.clamp_min(0)[:, None], keep[:, None])
-        return token_specific(d, acceptable)
+        return mixture(d, ~keep)
 
     def __repr__(self) -> str:
         return f"FLy(alpha={self.alpha}, window={self.window})"

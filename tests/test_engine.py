@@ -99,10 +99,11 @@ def test_drafter_only_equals_drafters_greedy_output(pairs, tiny_dir):
     drafter_alone = load_pair(str(pair.drafter.source), str(pair.drafter.source))
     expected = tokens(decode(drafter_alone, make_rule("target")))
     assert tokens(decode(pair, make_rule("drafter"))) == expected
-    # The cascade loop with π = q keeps every draft and also reproduces the drafter.
+    # The cascade loop with π = q keeps every draft and also reproduces the drafter (for rules whose
+    # drafter end needs other settings than their defaults, e.g. the KL judge's guard, with those).
     for rule in HAND_SET_RULES:
         cls = HAND_SET_RULES[rule]
-        gens = decode(pair, cls(cls.alpha_drafter), draft_tokens=3)
+        gens = decode(pair, cls(cls.alpha_drafter, **getattr(cls, "drafter_end_settings", {})), draft_tokens=3)
         assert tokens(gens) == expected, rule
         assert acceptance(gens) == 1.0
 
