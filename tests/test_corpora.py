@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,114 @@ def test_missing_paths_are_clear(tmp_path):
         open_corpus(str(tmp_path / "*.jsonl"))
     with pytest.raises(DeferralError, match="--data is empty"):
         open_corpus("")
+
+
+# ---------------------------------------------------------------- stdlib-docs, instructions, held-out sets
+
+EVAL_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def test_stdlib_docs_are_deterministic_disjoint_prose():
+    from training import prose_corpora as pc
+    from training.prose_corpora import DOCSTRING_MIN_CHARS, PROSE_MIN_WORD_SHARE, pydoc_topics, stdlib_docs, word_share
+
+    train, heldout, everything = stdlib_docs("train"), stdlib_docs("heldout"), stdlib_docs("all")
+    # Same spec, same documents in the same order: a fresh read of the files (past the in-process
+    # caches) gives the same definitions, and the documents are a pure function of them.
+    root = str(stdlib_root())
+    assert pc._parsed_part.__wrapped__("heldout", root) == pc._parsed_part("heldout", root)
+    assert pc._stdlib_docs.__wrapped__("train", root) == tuple(train)
+    assert len(train) > 500 and len(heldout) > 20
+    assert not set(train) & set(heldout)
+    assert set(everything) == set(train) | set(heldout)
+    assert len(set(train)) == len(train)
+    assert all(len(d) >= DOCSTRING_MIN_CHARS and word_share(d) >= PROSE_MIN_WORD_SHARE for d in train + heldout)
+    assert all(d == d.strip() and all(ln == ln.rstrip() for ln in d.split("\n")) for d in train)
+    indented = [d for d in train if all(ln[:1] in " \t" for ln in d.split("\n")[1:])]  # not dedented
+    assert len(indented) <= 0.01 * len(train)  # (a docstring whose first line holds an escaped newline)
+    # pydoc_data/topics.py hashes into the train part: its topics are training prose, never held out.
+    assert not is_heldout("pydoc_data/topics.py")
+    topics = list(dict.fromkeys(text for _, text in pydoc_topics() if pc._is_prose_docstring(text)))
+    assert topics and train[-len(topics):] == topics and not set(topics) & set(heldout)
+
+    corpus = open_corpus("stdlib-docs")
+    assert list(corpus.documents()) == train
+    assert corpus.description["kind"] == "stdlib-docs" and corpus.description["part"] == "train"
+    assert corpus.description["documents"] == len(train) and corpus.description["topics"] is True
+    assert open_corpus("stdlib-docs:heldout").description["sha256"] != corpus.description["sha256"]
+    with pytest.raises(DeferralError, match="stdlib-docs:train, stdlib-docs:heldout or stdlib-docs:all"):
+        open_corpus("stdlib-docs:bogus")
+
+
+def test_instructions_are_deterministic_short_and_disjoint():
+    from training import prose_corpora as pc
+    from training.prose_corpora import instructions
+
+    train, heldout = instructions("train"), instructions("heldout")
+    root = str(stdlib_root())
+    assert pc._instruction_groups.__wrapped__("heldout", root) == pc._instruction_groups("heldout", root)
+    assert pc._instructions.__wrapped__("train", root) == tuple(train)  # seeded caps and order
+    assert 1000 <= len(train) <= 10000 and heldout
+    assert len(set(train)) == len(train) and not set(train) & set(heldout)
+    assert all(20 <= len(x) <= 1200 and x == x.strip() for x in train)
+    starts = {x.split("`")[0] for x in train}
+    for kind in ("Write a Python function ", "Explain what the Python module ", "Summarize in two sentences:",
+                 "Rewrite this docstring in plain English:", "Write a short paragraph about "):
+        assert any(s.startswith(kind) for s in starts), kind
+    corpus = open_corpus("instructions")
+    assert corpus.description["kind"] == "instructions" and list(corpus.documents()) == train
+
+
+def _eval_rows(name: str) -> list[dict]:
+    path = EVAL_DATA / name
+    assert path.stat().st_size < 3_000_000
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("name", ["prose_heldout.jsonl", "code_other.jsonl"])
+def test_eval_files_parse_and_cut_at_line_ends(name):
+    from collections import Counter
+
+    rows = _eval_rows(name)
+    assert len(rows) >= 800
+    for row in rows:
+        assert isinstance(row["prompt"], str) and isinstance(row["reference"], str) and row["source"]
+        assert row["reference"].startswith("\n") and row["reference"].strip()
+        assert row["prompt"].strip()
+        if name.startswith("prose"):  # the prompt ends on a line of text, without its newline
+            assert row["prompt"].split("\n")[-1].strip()
+        else:  # cut like the stdlib task: up to 40 context lines (the last may be blank), 4 next lines
+            assert row["prompt"].count("\n") < 40 and row["reference"].count("\n") == 4
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    packages = Counter(r["package"] for r in rows)
+    assert len(packages) >= 20 and max(packages.values()) <= 0.1 * len(rows)  # no package dominates
+    documents = Counter(r["source"].rsplit(":", 1)[0] for r in rows)
+    assert max(documents.values()) <= 5
+    lengths = sorted(len(r["prompt"]) for r in rows)
+    assert 500 <= lengths[len(lengths) // 2] <= 1600  # about the stdlib continuation task's prompts
+
+
+def test_eval_files_load_as_hf_task():
+    from inference.tasks import make_task
+
+    task = make_task(f"hf:{EVAL_DATA / 'prose_heldout.jsonl'}", limit=3, prompt_column="prompt",
+                     reference_column="reference")
+    examples = task.examples()
+    assert len(examples) == 3 and all(e.reference.startswith("\n") for e in examples)
+
+
+def test_eval_prompts_are_not_training_prose():
+    from training.prose_corpora import stdlib_docs
+
+    docs = stdlib_docs("all")
+    lines = {ln.strip() for d in docs for ln in d.split("\n") if len(ln.strip()) >= 40}
+    text = "\n\x00\n".join(docs)
+    for name in ("prose_heldout.jsonl", "code_other.jsonl"):
+        rows = _eval_rows(name)
+        for row in rows[::5]:  # a fifth of each file
+            assert row["prompt"][-200:] not in text
+            if name.startswith("prose"):
+                shared = [ln for ln in row["prompt"].split("\n") if len(ln.strip()) >= 40 and ln.strip() in lines]
+                assert not shared, (row["source"], shared[:1])
+    assert not any(r["package"] in ("deferral", "numpy", "torch", "transformers", "requests")
+                   for name in ("prose_heldout.jsonl", "code_other.jsonl") for r in _eval_rows(name))

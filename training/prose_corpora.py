@@ -7,12 +7,16 @@ the same file split as `stdlib` (`training.corpora.is_heldout`, by a hash of the
                            DOCSTRING_MIN_CHARS characters, dedented by `inspect.cleandoc`, mostly words),
                            one document per docstring, in file order and source order within a file;
                            then the language-reference topics of `pydoc_data/topics.py` (one document per
-                           topic, in sorted topic order) when that file is in the part. Its path hashes
+                           topic, in sorted topic order, kept by the same rule) when that file is in the part. Its path hashes
                            into the train part, so `stdlib-docs:train` and `:all` carry the topics and
-                           `:heldout` does not, on every Python version.
+                           `:heldout` does not, on every Python version. A text repeated in several
+                           files counts once; one that also occurs in a held-out file is left out of
+                           `:train`, so no held-out document is a training document.
     instructions[:PART]    short English user messages for a chat model, built from the part's modules,
-                           functions and docstrings by fixed templates (see `instructions`), in a seeded
-                           order. The logging code applies the chat template itself.
+                           functions and docstrings by fixed templates (`_instruction_groups`), at most
+                           INSTRUCTION_CAPS of each kind (a seeded sample), in a seeded order; none of
+                           `:train` is also an instruction of the held-out part. The logging code applies
+                           the chat template itself.
 
 Everything is read with `ast` from the files (nothing is imported), so it works on any CPython 3.11+ and
 gives the same documents in the same order for the same Python installation.
@@ -65,23 +69,21 @@ def _parse(path: Path) -> ast.Module | None:
         return None
 
 
-def _walk_definitions(node: ast.AST, scope: tuple[str, ...] = ()):
-    """(scope, node) for the module and every class/function definition, in source order."""
-    yield scope, node
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield from _walk_definitions(child, scope + (child.name,))
-        elif isinstance(child, (ast.stmt, ast.excepthandler)) or type(child).__name__ == "match_case":
-            yield from _walk_definitions_in(child, scope)
+_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def _walk_definitions_in(node: ast.AST, scope: tuple[str, ...]):
-    """Definitions nested in compound statements (if/try/with/for ...), without yielding the statement."""
+def _walk_definitions(node: ast.AST, scope: tuple[str, ...] = (), in_class: bool = False):
+    """(scope, node, defined in a class body) for the module and every class or function definition
+    inside it (also inside if/try/with/... blocks), in source order."""
+    body_of_class = in_class  # a compound statement's body is where the statement is
+    if isinstance(node, (ast.Module, *_DEFINITIONS)):
+        yield scope, node, in_class
+        body_of_class = isinstance(node, ast.ClassDef)
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield from _walk_definitions(child, scope + (child.name,))
+        if isinstance(child, _DEFINITIONS):
+            yield from _walk_definitions(child, scope + (child.name,), body_of_class)
         elif isinstance(child, (ast.stmt, ast.excepthandler)) or type(child).__name__ == "match_case":
-            yield from _walk_definitions_in(child, scope)
+            yield from _walk_definitions(child, scope, body_of_class)
 
 
 def module_name(relative: str) -> str:
@@ -98,17 +100,20 @@ class Definition:
 
     scope: tuple[str, ...]  # () for the module, ('Class', 'method') for a method
     function: bool
+    method: bool  # a function defined in a class body
     doc: str  # cleaned docstring ('' when none)
     signature: str  # `name(args)` of a function, '' otherwise
 
 
 def _definitions(tree: ast.Module) -> list[Definition]:
     out = []
-    for scope, node in _walk_definitions(tree):
+    for scope, node, in_class in _walk_definitions(tree):
         doc = ast.get_docstring(node, clean=True) or ""  # clean=True is inspect.cleandoc
+        doc = "\n".join(line.rstrip() for line in doc.split("\n")).strip()  # no trailing spaces either
         function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        signature = _signature(node, method=len(scope) >= 2) if function and doc else ""
-        out.append(Definition(scope, function, doc, signature))
+        method = function and in_class
+        signature = _signature(node, method) if function and doc else ""
+        out.append(Definition(scope, function, method, doc, signature))
     return out
 
 
@@ -119,6 +124,8 @@ def _parsed_part(part: str, root: str) -> tuple[tuple[str, tuple[Definition, ...
     Only the extracted definitions are kept: holding hundreds of syntax trees at once makes the garbage
     collector's passes (and the whole read) several times slower.
     """
+    if part == "all":  # the union of the two disjoint parts, parsed once
+        return tuple(sorted(_parsed_part("train", root) + _parsed_part("heldout", root), key=lambda item: item[0]))
     base = Path(root)
     out = []
     for path in stdlib_files(part):
@@ -144,7 +151,8 @@ def pydoc_topics() -> list[tuple[str, str]]:
                 topics = ast.literal_eval(node.value)
             except ValueError:
                 return []
-            return sorted((k, v.strip("\n")) for k, v in topics.items() if isinstance(v, str))
+            return sorted((k, "\n".join(ln.rstrip() for ln in v.split("\n")).strip())
+                          for k, v in topics.items() if isinstance(v, str))
     return []
 
 
@@ -156,13 +164,22 @@ def _is_prose_docstring(doc: str | None) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _stdlib_docs(part: str, root: str) -> tuple[str, ...]:
+def _part_docstrings(part: str, root: str) -> tuple[str, ...]:
     docs: list[str] = []
     for _, definitions in _parsed_part(part, root):
         docs += [d.doc for d in definitions if _is_prose_docstring(d.doc)]
     if _topics_in_part(part):
-        docs += [text for _, text in pydoc_topics() if len(text) >= DOCSTRING_MIN_CHARS]
-    return tuple(docs)
+        docs += [text for _, text in pydoc_topics() if _is_prose_docstring(text)]  # the same rule
+    return tuple(dict.fromkeys(docs))  # a docstring repeated in several files counts once
+
+
+@lru_cache(maxsize=4)
+def _stdlib_docs(part: str, root: str) -> tuple[str, ...]:
+    docs = _part_docstrings(part, root)
+    if part == "train":  # a text that also occurs in a held-out file is held out
+        heldout = set(_part_docstrings("heldout", root))
+        docs = tuple(d for d in docs if d not in heldout)
+    return docs
 
 
 def stdlib_docs(part: str = "train") -> list[str]:
@@ -223,7 +240,7 @@ _REWRITE_TEMPLATES = (
     "Rewrite this docstring in plain English:\n\n{text}",
     "Explain this documentation to a beginner:\n\n{text}",
 )
-# How many instructions each group contributes at most (train part; the other parts scale by size).
+# How many instructions each group contributes at most (a seeded sample of the group when it has more).
 INSTRUCTION_CAPS = {"function": 1600, "module": 500, "summary": 700, "rewrite": 500, "topic": 1200}
 
 
@@ -320,8 +337,9 @@ def _pick(items: list[str], cap: int, rng: random.Random) -> list[str]:
 
 
 @lru_cache(maxsize=4)
-def _instructions(part: str, root: str) -> tuple[str, ...]:
-    rng = random.Random(f"instructions:{part}:{BUILD_VERSION}")
+def _instruction_groups(part: str, root: str) -> dict[str, tuple[str, ...]]:
+    """Every candidate instruction of a part, by group, before the caps."""
+    rng = random.Random(f"instruction-topics:{part}:{BUILD_VERSION}")
     groups: dict[str, list[str]] = {k: [] for k in INSTRUCTION_CAPS}
     topics: list[str] = []
 
@@ -340,7 +358,8 @@ def _instructions(part: str, root: str) -> tuple[str, ...]:
                 topic = _topic_of(d.doc.split("\n")[0])
                 if topic and not module.startswith(("idlelib", "lib2to3")):
                     topics.append(topic)
-            elif d.function and len(d.scope) <= 2 and not any(s.startswith("_") for s in d.scope):
+            elif (d.function and (len(d.scope) == 1 or len(d.scope) == 2 and d.method)
+                  and not any(s.startswith("_") for s in d.scope)):  # functions and methods of top-level classes
                 sentence = first_sentence(d.doc)
                 if (len(sentence) < 20 or ">>>" in sentence or not sentence[0].isalpha() or len(d.signature) > 80
                         or re.search(r"\s[,.;:]|[,:;]\s*\.?$|->", sentence) or sentence.startswith(d.scope[-1] + "(")):
@@ -366,7 +385,17 @@ def _instructions(part: str, root: str) -> tuple[str, ...]:
         for template in rng.sample(_TOPIC_TEMPLATES, 4):
             other = topics[(i + 1 + rng.randrange(max(1, len(topics) - 1))) % len(topics)]
             groups["topic"].append(template.format(topic=topic, other=other))
-    out = list(dict.fromkeys(x for name, cap in INSTRUCTION_CAPS.items() for x in _pick(groups[name], cap, rng)))
+    return {name: tuple(dict.fromkeys(items)) for name, items in groups.items()}
+
+
+@lru_cache(maxsize=4)
+def _instructions(part: str, root: str) -> tuple[str, ...]:
+    groups = _instruction_groups(part, root)
+    if part == "train":  # an instruction that the held-out part also gives is held out
+        heldout = {x for items in _instruction_groups("heldout", root).values() for x in items}
+        groups = {name: tuple(x for x in items if x not in heldout) for name, items in groups.items()}
+    rng = random.Random(f"instructions:{part}:{BUILD_VERSION}")
+    out = list(dict.fromkeys(x for name, cap in INSTRUCTION_CAPS.items() for x in _pick(list(groups[name]), cap, rng)))
     rng.shuffle(out)
     return tuple(out)
 
