@@ -58,8 +58,13 @@ def plan_sweep(
     draft_tokens: list[int],
     alphas: dict[str, list[float]],
     learned_knob: tuple[str, list[float]] | None = None,
+    block_rules: frozenset[str] = frozenset(),
 ) -> list[SweepPoint]:
-    """Every point to decode, references first (the target-only point is always the very first)."""
+    """Every point to decode, references first (the target-only point is always the very first).
+
+    Rules that read a drafted block (look-ahead: `fly`, and `learned` when named in block_rules)
+    have no sequential form, so their sequential points are left out.
+    """
     bad_modes = set(modes) - set(MODES)
     if bad_modes or not modes:
         raise DeferralError(f"unknown mode(s) {sorted(bad_modes)}: choose from {', '.join(MODES)}")
@@ -80,7 +85,10 @@ def plan_sweep(
                 raise DeferralError(f"no α values for rule '{rule}': set alphas.{rule} or --alpha-points")
         else:
             raise DeferralError(f"unknown rule '{rule}': choose from {', '.join([*HAND_SET_RULES, 'learned'])}")
+        needs_block = rule in block_rules or (rule in HAND_SET_RULES and HAND_SET_RULES[rule].uses_lookahead)
         for mode in modes:
+            if mode == "sequential" and needs_block:
+                continue
             ks = draft_tokens if mode == "speculative" else [0]
             points += [SweepPoint(rule, mode, knob_name, float(v), k) for k in ks for v in values]
     return points

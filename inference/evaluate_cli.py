@@ -164,6 +164,18 @@ def learned_knob(args) -> tuple[str, list[float]] | None:
     return "threshold", args.thresholds
 
 
+def block_rules(args) -> frozenset[str]:
+    """{"learned"} when the router reads look-ahead features (no sequential form), else empty."""
+    if "learned" not in args.rules or not args.router:
+        return frozenset()
+    from deferral.features import FeatureSpec
+    from deferral.router import read_router_meta
+
+    spec = read_router_meta(args.router).get("feature_spec") or {}
+    uses_block = "version" in spec and FeatureSpec.from_dict(spec).block_features
+    return frozenset({"learned"}) if uses_block else frozenset()
+
+
 def rule_factory(args, pair):
     from inference.evaluate import hand_set_rule
 
@@ -267,7 +279,7 @@ def main(argv: list[str]) -> int:
         require_isolation(args.unsafe_allow_network)
     cfg = decode_config(args)
     ks = args.draft_tokens_list or [args.draft_tokens]
-    points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args))
+    points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args), block_rules(args))
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     task = make_task_from_args(args, pair)
     if args.task == "humaneval":

@@ -14,7 +14,8 @@ from inference.runner import run
 from inference.tasks.text_metrics import chrf
 from tests.test_log import arrays, log_args, write_corpus
 from training import logged_data as fmt
-from training.cascade_log import chat_document, cut_prompt
+from training.cascade_log import cut_prompt
+from training.mixed_corpus import chat_document
 from training.log_cli import main as log_main
 
 PROMPT, NEW, K, HORIZON = 12, 14, 4, 6

@@ -24,14 +24,9 @@ from inference.config import DecodeConfig
 from inference.runner import encode_prompts, eos_token_ids, pad_token_id
 from inference.speculative import Block, speculative_generate
 from training.consequence import RolloutConfig, consequence_labels
+from training.mixed_corpus import CHAT_MARKER
 
-CHAT_MARKER = "\x1echat\x1e"  # a document starting with this is an instruction, sent through the chat template
 MIN_CONTEXT_LINES = 3  # a cut keeps at least this many lines of context before it
-
-
-def chat_document(instruction: str) -> str:
-    """Mark a document as a chat instruction (see CHAT_MARKER)."""
-    return CHAT_MARKER + instruction
 
 
 class BlockCollector:

@@ -64,26 +64,36 @@ def greedy_rollouts(pair, contexts: list[list[int]], cfg: RolloutConfig, eos_ids
 
 @torch.inference_mode()
 def continuation_logprob(pair, contexts: list[list[int]], continuations: list[list[int]], batch_size: int) -> np.ndarray:
-    """(N,) mean log p of each continuation given its context under the target (0 for an empty one)."""
+    """(N,) mean log p of each continuation given its context under the target (0 for an empty one).
+
+    Rows are left-padded so every continuation ends at the last column, and only the last
+    (longest continuation + 1) positions go through the output projection: a (b, L, V) float32
+    logits tensor over whole contexts would cost gigabytes at a 49k vocabulary.
+    """
     result = np.zeros(len(contexts), dtype=np.float32)
     device = pair.device
     for batch in _by_length(contexts, batch_size):
         seqs = [contexts[i] + continuations[i] for i in batch]
         width = max(len(s) for s in seqs)
+        keep = max(len(continuations[i]) for i in batch) + 1
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for r, s in enumerate(seqs):  # right padding: positions stay 0..len-1
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logits = pair.target.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        logp = torch.log_softmax(logits[..., : pair.vocab_size].float(), -1)  # (b, L, V)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s)
+            mask[r, width - len(s) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = pair.target.model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+            use_cache=False, logits_to_keep=keep,
+        ).logits  # (b, keep, V): the last `keep` positions
+        logp = torch.log_softmax(logits[..., : pair.vocab_size].float(), -1)
         for r, i in enumerate(batch):
-            n_ctx, n_cont = len(contexts[i]), len(continuations[i])
+            n_cont = len(continuations[i])
             if n_cont == 0:
                 continue
             targets = torch.tensor(continuations[i], device=device)
-            # the token at position t is predicted by the logits at t - 1
-            steps = logp[r, n_ctx - 1 : n_ctx - 1 + n_cont].gather(-1, targets[:, None])[:, 0]
+            # the continuation fills the last n_cont columns; token t is predicted at column t - 1
+            steps = logp[r, keep - 1 - n_cont : keep - 1].gather(-1, targets[:, None])[:, 0]
             result[i] = float(steps.mean())
     return result
 

@@ -272,6 +272,10 @@ def open_corpus(spec: str, text_column: str = "text", txt_docs: str = "paragraph
         from training.prose_corpora import open_prose_corpus  # imports this module
 
         return open_prose_corpus(head, spec, part or "train")
+    if head == "mixed" and not Path(spec).exists():
+        from training.mixed_corpus import open_mixed_corpus  # imports this module
+
+        return open_mixed_corpus(part or "train")
     if _is_saved_dataset(Path(head)):
         return _hf_corpus(spec, text_column, hf_config)
     path = Path(spec)

@@ -22,6 +22,7 @@ from deferral.features import FeatureSpec, compute_features
 from deferral.labels import labels_with_features
 from deferral.pair import Pair
 from training.consequence import CONSEQUENCE_LABELS
+from training.mixed_corpus import strip_chat_marker
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
 MODES = ("reference", "on-policy", "cascade")
@@ -282,7 +283,7 @@ def log_chunk(
         order = np.lexsort((rows["position"], rows["doc_id"]))[:max_rows]
         return {k: v[order] for k, v in rows.items()}
     max_len = effective_max_len(pair, cfg.max_len)
-    tokenized = [(doc_id, tokenize(pair, text)) for doc_id, text in documents]
+    tokenized = [(doc_id, tokenize(pair, strip_chat_marker(text))) for doc_id, text in documents]
     if cfg.mode == "on-policy":
         windows = _on_policy_windows(pair, tokenized, cfg, max_len)
     else:
