@@ -38,6 +38,7 @@ TARGETS = {
 _HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": lambda v: 1.0 - v}
 CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change")
 SPLITS = ("train", "val", "test")
+FEATURE_CHOICES = ("all", "no-hidden")
 
 
 def describe_target(target: str) -> str:
@@ -152,6 +153,8 @@ class FeatureDataModule(L.LightningDataModule):
         val_fraction, test_fraction: shares of documents held out.
         split_seed: seed of the document shuffle that decides the splits.
         limit_rows: use only the first N logged rows (quick experiments).
+        features: "all" logged features, or "no-hidden": drop the logged hidden states (the router then
+            needs neither model's hidden state at decode time).
     """
 
     def __init__(
@@ -164,9 +167,13 @@ class FeatureDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         split_seed: int = 0,
         limit_rows: int | None = None,
+        features: str = "all",
     ):
         super().__init__()
         check_target(target)
+        if features not in FEATURE_CHOICES:
+            raise DeferralError(f"data.features {features} is unknown: choose one of {', '.join(FEATURE_CHOICES)}")
+        self.features = features
         self.save_hyperparameters()
         self.path, self.target = path, target
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -181,7 +188,13 @@ class FeatureDataModule(L.LightningDataModule):
     @property
     def num_features(self) -> int:
         """Feature width read from the log's meta.json (linked into model.num_features)."""
-        return FeatureSpec.from_dict(read_meta(self.path)["feature_spec"]).dim
+        return self._spec(FeatureSpec.from_dict(read_meta(self.path)["feature_spec"])).dim
+
+    def _spec(self, logged: FeatureSpec) -> FeatureSpec:
+        """The layout the router sees: the logged one, or its prefix without hidden states."""
+        if self.features == "no-hidden":
+            return FeatureSpec(version=logged.version, lookahead=logged.lookahead)
+        return logged
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
@@ -191,7 +204,14 @@ class FeatureDataModule(L.LightningDataModule):
         """Split and tensorise already-loaded columns (setup() reads them from `path`)."""
         # the decode loop computes every layout this version names (hidden states, look-ahead): the
         # logged names must be exactly the ones it computes for the same options
-        check_feature_spec(arrays.meta, FeatureSpec.check_stored(arrays.meta["feature_spec"]))
+        logged = FeatureSpec.check_stored(arrays.meta["feature_spec"])
+        check_feature_spec(arrays.meta, logged)
+        spec = self._spec(logged)
+        if spec != logged:  # hidden states are the trailing columns: the reduced layout is a prefix
+            arrays = LoggedArrays(
+                features=np.ascontiguousarray(arrays.features[:, : spec.dim]), columns=arrays.columns,
+                meta={**arrays.meta, "feature_spec": spec.to_dict()},
+            )
         masks = split_documents(arrays.columns["doc_id"], self.val_fraction, self.test_fraction, self.split_seed)
         self.arrays, self.meta = arrays, arrays.meta
         self.datasets = {name: split_tensors(arrays, masks[name], self.target) for name in SPLITS}

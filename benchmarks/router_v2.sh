@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The default pair's router, end to end: cascade log of the mixed corpus -> routers -> held-out sweeps.
+# Numbers and what they show: docs/router.md ("Router v2") and docs/evaluation.md.
+#
+#   bash benchmarks/router_v2.sh log   RUNS             # resumable: rerun to continue
+#   bash benchmarks/router_v2.sh train RUNS             # harm routers with and without hidden states
+#   bash benchmarks/router_v2.sh eval  RUNS ROUTER SET  # SET: stdlib_heldout | prose_heldout | code_other
+#
+# DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), LIMIT (800 examples) and DEFERRAL (the command)
+# can be set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
+set -euo pipefail
+stage=$1
+runs=$2
+device=${DEVICE:-cuda}
+deferral=${DEFERRAL:-deferral}
+case "$stage" in
+  log)
+    $deferral log --data mixed:train --max-docs "${MAX_DOCS:-1536}" --docs-per-shard 128 --batch-size 128 \
+      --mode cascade --generator speculative --prompt-tokens 256 --max-new-tokens 64 --draft-tokens 5 \
+      --hidden target --horizon 16 --rollout-batch-size 256 --device "$device" --out "$runs/log" \
+      --no-tracking --no-progress
+    ;;
+  train)
+    for features in all no-hidden; do
+      $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target harm \
+        --data.features "$features" --model.hidden 128 --trainer.accelerator "${ACCELERATOR:-gpu}" \
+        --trainer.default_root_dir "$runs/router-$features" --mlflow.tracking_uri none
+    done
+    ;;
+  eval)
+    router=$3
+    set=$4
+    $deferral evaluate --config configs/evaluate.yaml --task "hf:benchmarks/data/$set.jsonl" \
+      --prompt-column prompt --reference-column reference --limit "${LIMIT:-800}" \
+      --rules '[token-v3, opt, kl, typical, fly, learned]' --modes '[speculative]' \
+      --alphas '{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}' \
+      --router "$router" --thresholds '[0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45]' \
+      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set" --no-mlflow
+    ;;
+  *)
+    echo "error: unknown stage '$stage': use log, train or eval" >&2
+    exit 2
+    ;;
+esac
