@@ -118,6 +118,10 @@ class FeatureSpec:
         if not isinstance(d, dict) or "version" not in d:
             raise DeferralError("the feature description is missing or malformed: re-log the data and retrain")
         spec = cls.from_dict(d)
+        if spec.version != FEATURE_VERSION:
+            raise DeferralError(
+                f"feature version {spec.version} != {FEATURE_VERSION}: re-log the data and retrain the router with this version"
+            )
         stored = d.get("names")
         if stored is None:
             raise DeferralError("the feature description stores no feature names: re-export with this version")

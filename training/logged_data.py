@@ -72,7 +72,9 @@ def arrow_table(rows: dict, feature_dim: int) -> pa.Table:
         if name == "features":
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), feature_dim))
         else:
-            arrays.append(pa.array(np.asarray(rows[name], dtype=_NUMPY_TYPES[name])))
+            # consequence labels exist in cascade logs only: elsewhere they are NaN
+            values = rows[name] if name in rows or name not in CONSEQUENCE_LABELS else np.full(n, np.nan)
+            arrays.append(pa.array(np.asarray(values, dtype=_NUMPY_TYPES[name])))
     return pa.Table.from_arrays(arrays, schema=hf_features(feature_dim).arrow_schema)
 
 
