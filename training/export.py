@@ -144,12 +144,29 @@ Loading needs torch and safetensors only. The router is refused (one-line error)
 tokenizer, target model or vocabulary differs from the one above, and by another feature version.
 
 ## Limits
-- Trained on reference-text positions: deferral rates during decoding follow the model's own text
-  and can differ from the calibrated ones.
-- Scores the drafter's top {meta.get('candidates', 1)} token(s) per position; the rule defers every other sampled token.
+{_limits_text(meta, data)}
 
 Versions: {json.dumps(meta.get('library_versions'))}
 """
+
+
+def _limits_text(meta: dict, data: dict) -> str:
+    spec = meta.get("feature_spec") or {}
+    if data.get("mode") == "cascade":
+        lines = ["- Trained on the decode loop's own blocks (cascade log): calibrated deferral rates count drafted",
+                 "  positions as decoding does, on text like the logging generator's."]
+    else:
+        lines = ["- Trained on reference-text positions: deferral rates during decoding follow the model's own text",
+                 "  and can differ from the calibrated ones."]
+    if spec.get("lookahead"):
+        lines.append("- Reads look-ahead over the drafted block: it scores the drafted token only, runs in the speculative")
+        lines.append("  loop only (the sequential cascade refuses it), and defers at a position with no drafted token.")
+    else:
+        lines.append(f"- Scores the drafter's top {meta.get('candidates', 1)} token(s) per position; the rule defers every other "
+                     "sampled token.")
+    if spec.get("target_hidden") or spec.get("drafter_hidden"):
+        lines.append("- Reads hidden states, which the decode loop takes from the passes it already runs.")
+    return "\n".join(lines)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, test_metrics: dict | None = None) -> Path:
