@@ -111,8 +111,8 @@ def bench_decode(args) -> dict:
 
     torch.manual_seed(0)
     pair = load_pair(args.drafter, args.target)
-    rule = load_learned_rule(args.router, pair, deferral_rate=args.deferral_rate)
-    spent = {"rule": 0.0, "scorer": 0.0, "features": 0.0, "calls": 0}
+    rule = load_learned_rule(args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate)
+    spent = {"rule": 0.0, "scorer": 0.0, "features": 0.0, "lookahead": 0.0, "calls": 0}
     inner_target, inner_scorer = rule.target, rule.scorer
 
     def timed_scorer(x):
@@ -139,11 +139,22 @@ def bench_decode(args) -> dict:
         return out
 
     rules.compute_features = timed_features
+    import inference.speculative as loop
+
+    inner_lookahead = loop.block_lookahead
+
+    def timed_lookahead(*a, **k):  # computed by the decode loop, outside the rule, for block routers
+        t0 = time.perf_counter()
+        out = inner_lookahead(*a, **k)
+        spent["lookahead"] += time.perf_counter() - t0
+        return out
+
+    loop.block_lookahead = timed_lookahead
     rule.scorer, rule.target = timed_scorer, timed_target
     prompts = encode_prompts(pair, PROMPTS[: args.prompts], chat=False)
     cfg = DecodeConfig(draft_tokens=5, temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     run(pair, rule, prompts[:1], DecodeConfig(draft_tokens=5, max_new_tokens=4), batch_size=1)  # warm-up
-    spent.update(rule=0.0, scorer=0.0, features=0.0, calls=0)
+    spent.update(rule=0.0, scorer=0.0, features=0.0, lookahead=0.0, calls=0)
     start = time.perf_counter()
     gens = run(pair, rule, prompts, cfg, batch_size=1)
     wall = time.perf_counter() - start
@@ -152,6 +163,9 @@ def bench_decode(args) -> dict:
         "prompts": len(prompts), "new_tokens": tokens, "wall_s": round(wall, 2),
         "learned_rule_s": round(spent["rule"], 3), "features_s": round(spent["features"], 3),
         "router_s": round(spent["scorer"], 3),
+        "lookahead_s": round(spent["lookahead"], 3),
+        # the decision's whole cost: the rule (features + router) plus the loop's look-ahead for it
+        "decision_share": round((spent["rule"] + spent["lookahead"]) / wall, 4),
         "learned_rule_share": round(spent["rule"] / wall, 4), "features_share": round(spent["features"] / wall, 4),
         "router_share": round(spent["scorer"] / wall, 4),
         "rule_calls": spent["calls"], "threshold": rule.threshold,
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--router", required=True)
     d.add_argument("--drafter", default=None)
     d.add_argument("--target", default=None)
-    d.add_argument("--deferral-rate", type=float, default=0.3)
+    d.add_argument("--deferral-rate", type=float, default=None)
+    d.add_argument("--threshold", type=float, default=None, help="instead of --deferral-rate")
     d.add_argument("--prompts", type=int, default=4)
     d.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args(argv)
