@@ -21,6 +21,7 @@ from inference.generate import add_decode_arguments, add_pair_arguments, decode_
 from inference.tasks import TASK_NAMES, check_task_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROUTER_KEY = "router"  # the setup's record of the learned rule's router (its files' sha256)
 
 
 def build_parser() -> ArgumentParser:
@@ -70,17 +71,32 @@ class ResultsStore:
         out.mkdir(parents=True, exist_ok=True)
         self.results, self.generations, self.meta_path = out / "results.jsonl", out / "generations.jsonl", out / "run.json"
         self.meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
-        if self.meta and self.meta.get("setup") != setup:
-            changed = sorted(k for k in setup if self.meta["setup"].get(k) != setup[k])
-            raise DeferralError(
-                f"{out} holds results of another setup (different {', '.join(changed) or 'settings'}): "
-                "pass another --out or delete that folder"
-            )
+        self.rows = self._read(self.results)
+        if self.meta:
+            setup = self._check_setup(self.meta.get("setup") or {}, setup)
         self.meta["setup"] = setup
         self._save_meta()
-        self.rows = self._read(self.results)
         self.done = {row["key"] for row in self.rows}
         self._drop_unfinished()
+
+    def _check_setup(self, stored: dict, setup: dict) -> dict:
+        """The setup to record, or DeferralError when the folder holds rows of another setup.
+
+        The router's identity decides only the learned rule's rows: a run that sweeps no learned rule
+        keeps the recorded router, and a folder without learned rows takes the router of this run.
+        """
+        stored, setup = dict(stored), dict(setup)
+        if ROUTER_KEY not in setup and ROUTER_KEY in stored:
+            setup[ROUTER_KEY] = stored[ROUTER_KEY]
+        if ROUTER_KEY in setup and ROUTER_KEY not in stored and not any(r["rule"] == "learned" for r in self.rows):
+            stored[ROUTER_KEY] = setup[ROUTER_KEY]
+        if stored != setup:
+            changed = sorted(k for k in set(setup) | set(stored) if stored.get(k) != setup.get(k))
+            raise DeferralError(
+                f"{self.out} holds results of another setup (different {', '.join(changed) or 'settings'}): "
+                "pass another --out or delete that folder"
+            )
+        return setup
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
@@ -174,6 +190,16 @@ def block_rules(args) -> frozenset[str]:
     spec = read_router_meta(args.router).get("feature_spec") or {}
     uses_block = "version" in spec and FeatureSpec.from_dict(spec).block_features
     return frozenset({"learned"}) if uses_block else frozenset()
+
+
+def router_identity(folder: str) -> dict:
+    """sha256 of the router export's two files: rows of the learned rule belong to this router only."""
+    import hashlib
+
+    from deferral.router import META_FILE, WEIGHTS_FILE
+
+    read = lambda name: hashlib.sha256((Path(folder) / name).read_bytes()).hexdigest()  # noqa: E731
+    return {"weights_sha256": read(WEIGHTS_FILE), "meta_sha256": read(META_FILE)}
 
 
 def rule_factory(args, pair):
@@ -281,6 +307,10 @@ def main(argv: list[str]) -> int:
     ks = args.draft_tokens_list or [args.draft_tokens]
     points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args), block_rules(args))
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    if "learned" in args.rules:  # a router for another pair fails now, not after the reference rows
+        from inference.learned import check_router
+
+        check_router(args.router, pair)
     task = make_task_from_args(args, pair)
     if args.task == "humaneval":
         task.unsafe_allow_network = args.unsafe_allow_network
@@ -292,6 +322,8 @@ def main(argv: list[str]) -> int:
         "batch_size": args.batch_size,
         "fidelity": not args.no_fidelity,
     }
+    if "learned" in args.rules:
+        setup[ROUTER_KEY] = router_identity(args.router)
     store = ResultsStore(Path(args.out), setup)
     sweep(args, pair, task, store, points, cfg)
     wanted = {p.key for p in points}

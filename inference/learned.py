@@ -6,7 +6,7 @@ import torch
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
-from deferral.router import Router, load_router
+from deferral.router import Router, load_router, read_router_meta
 from deferral.rules import Learned
 
 
@@ -33,7 +33,7 @@ def pair_mismatch(trained: dict, loaded: dict) -> str | None:
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
     """The score threshold: given directly, read off the calibration table for a deferral rate, or
     the export's default."""
-    from training.calibration import threshold_for_rate
+    from deferral.calibration import threshold_for_rate
 
     if threshold is not None and deferral_rate is not None:
         raise DeferralError("give either --threshold or --deferral-rate, not both")
@@ -71,20 +71,12 @@ def make_scorer(router: Router):
     return scorer
 
 
-def load_learned_rule(
-    router_dir: str,
-    pair,
-    threshold: float | None = None,
-    deferral_rate: float | None = None,
-    alpha: float | None = None,
-) -> Learned:
-    """The learned rule for `pair` from an export folder (see `deferral export`).
+def check_router_meta(router_dir: str, meta: dict, pair_identity: dict) -> FeatureSpec:
+    """The router's feature layout, after checking that its router.json fits this pair and version.
 
-    Raises DeferralError when the router was trained for another pair or another feature layout,
-    or when the threshold request cannot be met.
+    Raises DeferralError when the router was trained for another pair or another feature layout.
     """
-    router, meta = load_router(router_dir, device=pair.device)
-    problem = pair_mismatch(meta.get("pair", {}), pair.identity())
+    problem = pair_mismatch(meta.get("pair", {}), pair_identity)
     if problem:
         trained_pair = meta.get("pair", {})
         source = " -> ".join(trained_pair.get(r, {}).get("source", "?") for r in ("drafter", "target"))
@@ -101,6 +93,28 @@ def load_learned_rule(
             f"router {router_dir} takes {meta['config']['num_features']} features but its feature list has "
             f"{spec.dim}: re-export the router"
         )
+    return spec
+
+
+def check_router(router_dir: str, pair) -> FeatureSpec:
+    """Check an export folder against `pair` without loading its weights (before any decoding)."""
+    return check_router_meta(router_dir, read_router_meta(router_dir), pair.identity())
+
+
+def load_learned_rule(
+    router_dir: str,
+    pair,
+    threshold: float | None = None,
+    deferral_rate: float | None = None,
+    alpha: float | None = None,
+) -> Learned:
+    """The learned rule for `pair` from an export folder (see `deferral export`).
+
+    Raises DeferralError when the router was trained for another pair or another feature layout,
+    or when the threshold request cannot be met.
+    """
+    router, meta = load_router(router_dir, device=pair.device)
+    spec = check_router_meta(router_dir, meta, pair.identity())
     alpha = float(meta.get("alpha", 0.0) if alpha is None else alpha)
     chosen = resolve_threshold(meta, threshold, deferral_rate, alpha)
     return Learned(

@@ -14,7 +14,7 @@ from deferral.errors import DeferralError
 from deferral.router import load_router
 from inference.learned import load_learned_rule
 from tests.router_helpers import export_tiny_router
-from training.calibration import deferral_rate, threshold_for_rate
+from deferral.calibration import deferral_rate, threshold_for_rate
 from training.datamodule import FeatureDataModule
 
 

@@ -14,7 +14,7 @@ from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.router import Router, RouterConfig, load_router, save_router
 from inference.learned import pair_mismatch, resolve_threshold
-from training.calibration import build_table, deferral_rate, threshold_for_quality_loss, threshold_for_rate
+from deferral.calibration import build_table, deferral_rate, threshold_for_quality_loss, threshold_for_rate
 
 
 @pytest.mark.parametrize("layers,residual", [(0, False), (2, False), (2, True)])

@@ -18,7 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.router import Router, RouterConfig, save_router
-from training.calibration import threshold_for_rate
+from deferral.calibration import threshold_for_rate
 
 CHECKPOINT_KEY = "deferral"  # = training.module.CHECKPOINT_KEY (not imported: keeps lightning out)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

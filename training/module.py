@@ -19,7 +19,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 
 from deferral.errors import DeferralError
 from deferral.router import OBJECTIVES, Router, RouterConfig
-from training.calibration import build_table
+from deferral.calibration import build_table
 
 CHECKPOINT_KEY = "deferral"  # our extra state inside Lightning checkpoints
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from deferral.errors import DeferralError
 from inference.tasks.base import Example, Task
 from inference.tasks.text_metrics import mean_metrics, reference_metrics
-from training.corpora import is_heldout, stdlib_files, stdlib_root
+from deferral.stdlib_split import is_heldout, stdlib_files, stdlib_root
 
 SKIPPED_PACKAGES = ("encodings/",)  # codec tables: data, not code
 
