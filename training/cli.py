@@ -3,8 +3,10 @@
     deferral train fit --config configs/router.yaml [--data.path DIR] [--trainer.max_epochs N]
                        [--trainer.default_root_dir DIR] [--print_config]
 
-Checkpoints go to <default_root_dir>/checkpoints (best.ckpt, last.ckpt) next to the MLflow run id;
-rerunning the same command resumes from last.ckpt in the same MLflow run. After fitting, the best
+Checkpoints go to <default_root_dir>/checkpoints (best.ckpt, last.ckpt rewritten after every epoch,
+both written aside and renamed) next to the MLflow run id and fingerprint.json (what they are
+trained on); rerunning the same command resumes from last.ckpt in the same MLflow run, and a rerun
+with other data, target or model settings is refused. After fitting, the best
 checkpoint is tested on held-out documents, exported to <default_root_dir>/export, logged to the
 run (router folder, checkpoint, ROC/PR/reliability plots) and registered in the model registry
 under `mlflow.registered_model`@`mlflow.alias`.
@@ -18,11 +20,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from training import tracking
+from training.checkpoints import (
+    AtomicCheckpointIO,
+    EpochCheckpoint,
+    check_resume,
+    data_identity,
+    fingerprint,
+    read_checkpoint,
+    write_fingerprint,
+)
 from training.datamodule import FeatureDataModule
 from training.module import RouterModule
 
@@ -51,7 +63,7 @@ class MLflowSettings:
 class RouterCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(MLflowSettings, "mlflow")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/auroc",
@@ -81,10 +93,18 @@ class RouterCLI(LightningCLI):
         self.export_dir = root / "export"
         self.resume_run_id = None
         last = self.checkpoint_dir / "last.ckpt"
-        if self.subcommand == "fit" and cfg.get("ckpt_path") is None and last.is_file():
+        self.fingerprint = None
+        if self.subcommand != "fit":
+            return
+        self.fingerprint = fingerprint(_as_dict(cfg.data), _as_dict(cfg.model), data_identity(cfg.data.path))
+        if cfg.get("ckpt_path") is None and last.is_file():
+            # a cut file or another run's checkpoints fail here in one line, before any training
+            check_resume(self.checkpoint_dir, read_checkpoint(last), self.fingerprint)
             cfg.ckpt_path = str(last)
             self.resume_run_id = tracking.read_run_id(self.checkpoint_dir)
             print(f"resuming from {last} (MLflow run {self.resume_run_id})", file=sys.stderr)
+        elif cfg.get("ckpt_path") and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
+            read_checkpoint(cfg.ckpt_path)
 
     @property
     def tracked(self) -> bool:
@@ -93,6 +113,11 @@ class RouterCLI(LightningCLI):
         return str(s.tracking_uri).strip().lower() not in ("none", "")
 
     def instantiate_trainer(self, **kwargs):
+        # checkpoints are written aside and renamed: a kill never leaves a cut last.ckpt
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         s: MLflowSettings = self._get(self.config_init, "mlflow")
         if not self.tracked:
             kwargs["logger"] = CSVLogger(save_dir=str(self.checkpoint_dir.parent), name="logs")
@@ -109,6 +134,8 @@ class RouterCLI(LightningCLI):
 
     # --- fit hooks ---------------------------------------------------------------------------
     def before_fit(self) -> None:
+        if self.fingerprint is not None:  # what the checkpoints below are trained on (checked on resume)
+            write_fingerprint(self.checkpoint_dir, self.fingerprint)
         if not self.tracked:
             return
         logger = self.trainer.logger
@@ -156,6 +183,10 @@ class RouterCLI(LightningCLI):
             version = tracking.register_export(logger, "router", s.registered_model, s.alias)
         where = f"; registered {s.registered_model} v{version} @{s.alias}" if version else ""
         print(f"{summary}; MLflow run {logger.run_id} at {s.tracking_uri}{where}", file=sys.stderr)
+
+
+def _as_dict(namespace) -> dict:
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace or {})
 
 
 def main(argv: list[str]) -> int:

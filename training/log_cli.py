@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +26,7 @@ from training.corpora import Corpus, open_corpus
 from training.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, should_compile
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LOCK_FILE = ".lock"  # OUT/.lock: flock-ed by the process writing OUT for its whole run
 
 
 def build_parser() -> ArgumentParser:
@@ -152,7 +154,7 @@ class LogJob:
                     f"original flags to resume, or choose a new --out"
                 )
             return
-        if self.out.exists() and any(self.out.iterdir()):
+        if self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
             raise DeferralError(f"{self.out} exists and is not a `deferral log` folder: choose a new or empty --out")
         spec = feature_spec(pair, self.cfg.hidden, self.cfg.mode)
         meta = fmt.build_meta(spec, pair.identity(), self.corpus.description, self.cfg.mode,
@@ -273,6 +275,33 @@ class Tally:
                 "positions_per_s": self.new / wall if wall > 0 else 0.0}
 
 
+def lock_out(out: Path):
+    """Open and flock OUT/.lock (an open file: `with lock_out(out):` holds it until the block ends;
+    the system drops it when the process dies, kill -9 included). A folder another process holds is
+    refused: two writers would each count the other's shards and leave run.json contradicting the rows."""
+    import fcntl
+
+    if out.exists() and not out.is_dir():
+        raise DeferralError(f"--out {out} is a file: choose a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise DeferralError(
+            f"{out} is being written by another `deferral log` process{f' (pid {holder})' if holder else ''}: "
+            "wait for it to finish (then rerun to resume), or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def require_documents(corpus: Corpus) -> None:
     """Fail before loading any model when the corpus holds no document at all."""
     if next(iter(corpus.documents()), None) is None:
@@ -323,11 +352,12 @@ def main(argv: list[str]) -> int:
 
     job = make_job(args)
     require_documents(job.corpus)
-    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
-    job.use_pair_settings(pair, args.compile)
-    job.prepare(pair)
-    stats = job.run(pair, show_progress=not args.no_progress)
-    progress = job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
+    with lock_out(job.out):  # held from run.json to the finished dataset
+        pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+        job.use_pair_settings(pair, args.compile)
+        job.prepare(pair)
+        stats = job.run(pair, show_progress=not args.no_progress)
+        progress = job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
     track(args, job, stats, progress)
     print(f"logged {progress['positions']} positions in {progress['shards']} shard(s) to {args.out} "
           f"({stats['new_positions']} new, {stats['positions_per_s']:.0f} positions/s)", file=sys.stderr)

@@ -8,7 +8,9 @@ single-process run's. Resumption works as in one process: finished shards are sk
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import nullcontext
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 import lightning as L
 
 from deferral.pair import Pair, load_pair
-from training.log_cli import LogJob, make_job, require_documents, track
+from training.log_cli import LogJob, lock_out, make_job, require_documents, track
 from training.log_pipeline import feature_spec
 
 
@@ -81,10 +83,21 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def launching_process() -> bool:
+    """True in the process the user started; False in the ranks Lightning (or torchrun) starts."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def main_distributed(args) -> int:
     _quiet_lightning()
     job = make_job(args, world=args.devices)
     require_documents(job.corpus)
+    # the user's process holds OUT/.lock for the whole run; the ranks it starts run under it
+    with lock_out(job.out) if launching_process() else nullcontext():
+        return _log_distributed(args, job)
+
+
+def _log_distributed(args, job: LogJob) -> int:
     # Load on CPU: Lightning moves the registered models to each rank's device.
     pair = load_pair(args.drafter, args.target, device="cpu", dtype=args.dtype)
     job.use_pair_settings(pair, args.compile)
