@@ -15,6 +15,7 @@ what π mixes; confidence terms (max q, max p, p(v)) use the plain softmax q_con
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -445,3 +446,21 @@ def make_rule(name: str, alpha: float | None = None) -> DeferralRule:
     if name == "learned":
         raise DeferralError("the learned rule needs a router: pass --router DIR (see `deferral export`)")
     raise DeferralError(f"unknown rule '{name}': choose one of {', '.join(RULE_NAMES)}")
+
+
+_ALPHA_WARNED: set[tuple[str, float]] = set()
+
+
+def warn_alpha_outside_range(name: str, alpha: float | None, flag: str = "--alpha") -> bool:
+    """One stderr line (once per rule and value) when an explicit α lies outside the rule's documented
+    `alpha_range`; the rule's lossless and drafter-only values count as documented. True if it warned."""
+    cls = HAND_SET_RULES.get(name) or (Learned if name == "learned" else None)
+    if alpha is None or cls is None or (name, float(alpha)) in _ALPHA_WARNED:
+        return False
+    low, high = cls.alpha_range
+    if low <= alpha <= high or alpha in (cls.alpha_speculative, cls.alpha_drafter):
+        return False
+    _ALPHA_WARNED.add((name, float(alpha)))
+    print(f"warning: {flag} {alpha:g} is outside the documented range [{low:g}, {high:g}] of rule '{name}' "
+          "(deferral/rules.py); decoding goes on with it", file=sys.stderr)
+    return True

@@ -33,18 +33,36 @@ def prefill(lm: CachedLM, ids: torch.Tensor, valid: torch.Tensor) -> None:
         lm.positions = torch.zeros(ids.shape[0], dtype=torch.long, device=lm.device)
 
 
+def context_room(prompt_tokens: int, max_context: int) -> int:
+    """New tokens a prompt leaves room for: the models see at most max_context - 1 positions (one spare)."""
+    return max_context - 1 - prompt_tokens
+
+
+def check_prompt_room(prompts: list[list[int]], max_context: int) -> None:
+    """Refuse a prompt that leaves no room for a single new token."""
+    for p in prompts:
+        if context_room(len(p), max_context) < 1:
+            raise DeferralError(
+                f"a prompt has {len(p)} tokens but the models' context is {max_context}, which leaves no room for "
+                f"new tokens: shorten the prompt to at most {max_context - 2} tokens"
+            )
+
+
 class BatchState:
-    """Which rows are still decoding, what each has produced, and when each finished."""
+    """Which rows are still decoding, what each has produced, and when each finished.
+
+    Each row may write min(max_new_tokens, context room) tokens; the speculative loop drafts at most
+    `draft_room()` tokens per step, so its verify pass never runs past the context (K is capped near
+    the end of the context instead of the budget shrinking by K).
+    """
 
     def __init__(self, prompts: list[list[int]], cfg: DecodeConfig, eos_ids: set[int], max_context: int):
-        for p in prompts:
-            if len(p) >= max_context:
-                raise DeferralError(
-                    f"a prompt has {len(p)} tokens but the models' context is {max_context}: shorten the prompt"
-                )
+        check_prompt_room(prompts, max_context)
         self.cfg = cfg
         self.eos_ids = eos_ids if cfg.stop_at_eos else set()
-        self.budget = [min(cfg.max_new_tokens, max_context - len(p) - cfg.draft_tokens - 1) for p in prompts]
+        self.max_context = max_context
+        self.prompt_lengths = [len(p) for p in prompts]
+        self.budget = [min(cfg.max_new_tokens, context_room(len(p), max_context)) for p in prompts]
         self.tokens: list[list[int]] = [[] for _ in prompts]
         self.stats = [RequestStats() for _ in prompts]
         self.active: list[int] = list(range(len(prompts)))  # original indices of rows in the batch
@@ -64,6 +82,11 @@ class BatchState:
         if done:
             self.stats[idx].wall_s = time.perf_counter() - self.start
         return done
+
+    def draft_room(self) -> int:
+        """The most tokens one step may draft: every active row's verify pass (its last committed token
+        plus the drafts) must stay within the context. At least 1 while a row is unfinished."""
+        return min(context_room(self.prompt_lengths[i] + len(self.tokens[i]), self.max_context) for i in self.active)
 
     def count(self, row: int, **increments: int) -> None:
         stats = self.stats[self.active[row]]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from deferral.errors import DeferralError
 from deferral.rules import HAND_SET_RULES
 from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
-from inference.tasks import TASK_NAMES, check_task_name
+from inference.tasks import TASK_NAMES, check_limit, check_task_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROUTER_KEY = "router"  # the setup's record of the learned rule's router (its files' sha256)
@@ -298,6 +298,7 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_limit(args.limit)
     check_task_name(args.task)
     if args.task == "humaneval":  # refuse unisolated generated code now, not after hours of decoding
         from inference.tasks.sandbox import require_isolation

@@ -9,7 +9,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
-from deferral.rules import RULE_NAMES, DeferralRule, make_rule
+from deferral.rules import RULE_NAMES, DeferralRule, make_rule, warn_alpha_outside_range
 from inference.config import DecodeConfig
 
 
@@ -80,9 +80,13 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
         if not line.strip():
             continue
         try:
-            texts.append(str(json.loads(line)["prompt"]))
+            prompt = json.loads(line)["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DeferralError(f"{path}:{n} is not a JSON object with a 'prompt' field: fix that line") from None
+        if not isinstance(prompt, str):  # null would decode as the text "None"
+            kind = "null" if prompt is None else type(prompt).__name__
+            raise DeferralError(f"{path}:{n} has a 'prompt' that is {kind}, not text: give a string on that line")
+        texts.append(prompt)
     if not texts:
         raise DeferralError(f"{path} holds no prompts: add lines like {{\"prompt\": \"...\"}}")
     return texts
@@ -106,13 +110,28 @@ def build_rule(args, pair) -> DeferralRule:
             raise DeferralError("--rule learned needs --router DIR (an export from `deferral export`)")
         from inference.learned import load_learned_rule
 
-        return load_learned_rule(
+        rule = load_learned_rule(
             args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate, alpha=args.alpha
         )
+        warn_alpha_outside_range("learned", args.alpha)
+        return rule
     for flag in ("router", "threshold", "deferral_rate"):
         if getattr(args, flag) is not None:
             raise DeferralError(f"--{flag.replace('_', '-')} only applies to --rule learned")
-    return make_rule(args.rule, args.alpha)
+    rule = make_rule(args.rule, args.alpha)
+    warn_alpha_outside_range(args.rule, args.alpha)
+    return rule
+
+
+def check_draft_room(prompts: list[list[int]], max_context: int, draft_tokens: int, drafts: bool = True) -> None:
+    """Before decoding: refuse a prompt that leaves no room for new tokens; say so when K is capped."""
+    from inference.batch import check_prompt_room, context_room
+
+    check_prompt_room(prompts, max_context)
+    room = context_room(max(len(p) for p in prompts), max_context)
+    if drafts and draft_tokens > room:
+        print(f"warning: --draft-tokens {draft_tokens} is more than the context leaves after the longest prompt "
+              f"({room} positions): at most {room} tokens are drafted per step", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -127,6 +146,8 @@ def main(argv: list[str]) -> int:
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     rule = build_rule(args, pair)
     prompts = encode_prompts(pair, texts, chat=args.chat)
+    drafts = not args.sequential and args.rule not in ("target", "drafter")
+    check_draft_room(prompts, pair.max_context, cfg.draft_tokens, drafts=drafts)
     results = run(pair, rule, prompts, cfg, batch_size=args.batch_size, sequential=args.sequential)
     for i, gen in enumerate(results):
         text = pair.tokenizer.decode(gen.tokens, skip_special_tokens=True)

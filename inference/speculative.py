@@ -154,7 +154,7 @@ class SpeculativeDecoder:
         tokens, valid = self._first_drafter_input()
         q_steps, drafts, hidden = [], [], []
         self.q_hidden = self.q_hidden_after = None
-        for j in range(self.k_now):
+        for j in range(min(self.k_now, self.state.draft_room())):  # K capped by the context left
             logits = self.d_lm.forward(tokens, valid, last_only=True, want_hidden=self.drafter_hidden)[:, -1]  # (B, V)
             if floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all()):
                 self._keep_drafter_hidden(hidden, after=True)

@@ -184,3 +184,107 @@ def test_a_second_log_process_on_one_out_is_refused(tiny_dir, tmp_path, capsys):
         holder.wait()
     assert deferral(log_args(tiny_dir, corpus, out)) == 0  # the lock dies with its process
     assert (out / "progress.json").is_file()
+
+
+# --- silent wrong results become refusals or warnings -------------------------------------------
+
+
+def generate_json(capsys, tiny_dir, *argv):
+    code = deferral(["generate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                     "--json", *argv])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.strip().splitlines()] if code == 0 else [], err
+
+
+@pytest.mark.parametrize("mode", [(), ("--sequential", "--rule", "chow", "--alpha", "0.5")])
+def test_generate_caps_draft_tokens_by_the_context(tiny_dir, capsys, mode):
+    args = ("--prompt", "def f(x):", "--max-new-tokens", "8", *mode)
+    code, [huge], err = generate_json(capsys, tiny_dir, "--draft-tokens", "10000", *args)
+    assert code == 0
+    assert ("at most" in err) == (not mode)  # speculative: says that K is capped
+    code, [usual], _ = generate_json(capsys, tiny_dir, "--draft-tokens", "5", *args)
+    assert huge["new_tokens"] > 0 and huge["tokens"] == usual["tokens"]  # greedy: K changes the cost only
+
+
+def test_a_prompt_near_the_end_of_the_context_writes_what_fits_or_is_refused(tiny_dir, capsys):
+    # tiny models: 256 positions, one character per token; one position stays spare
+    code, [row], _ = generate_json(capsys, tiny_dir, "--prompt", "a" * 250, "--max-new-tokens", "8")
+    assert code == 0 and 1 <= row["new_tokens"] <= 5
+    code, _, err = generate_json(capsys, tiny_dir, "--prompt", "a" * 255, "--sequential", "--rule", "chow")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ")
+    assert "255 tokens" in err and "no room for new tokens" in err and "at most 254" in err
+
+
+def test_a_null_prompt_is_refused_with_its_line(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def f(x):"}\n{"prompt": null}\n')
+    assert deferral(["generate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                     "--prompts", str(prompts)]) == 2
+    one_error_line(capsys, "p.jsonl:2", "null", "string")
+
+
+def test_alpha_outside_the_documented_range_warns_once(tiny_dir, capsys):
+    code, _, err = generate_json(capsys, tiny_dir, "--prompt", "x = 1", "--rule", "chow", "--alpha", "7.5",
+                                 "--max-new-tokens", "2")
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--alpha 7.5" in warnings[0] and "[0, 1]" in warnings[0] and "chow" in warnings[0]
+    code, _, err = generate_json(capsys, tiny_dir, "--prompt", "x = 1", "--rule", "chow", "--alpha", "0.99",
+                                 "--max-new-tokens", "2")
+    assert code == 0 and "warning" not in err
+
+
+def test_log_with_the_learned_generator_is_a_clear_error(tiny_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("def f(x):\n    return x\n")
+    args = log_args(tiny_dir, corpus, tmp_path / "log")
+    assert deferral([*args, "--mode", "on-policy", "--generator", "learned"]) == 2
+    line = one_error_line(capsys, "--generator learned", "speculative")
+    assert "--router DIR" not in line  # `deferral log` has no --router flag
+
+
+def test_limits_below_one_are_refused(tiny_dir, task_file, tmp_path, capsys):
+    from deferral.errors import DeferralError
+    from inference.tasks import make_task
+
+    for spec, limit in [("stdlib", 0), ("stdlib", -3), (f"hf:{task_file}", -1)]:
+        with pytest.raises(DeferralError, match=f"--limit must be at least 1 example, got {limit}"):
+            make_task(spec, limit=limit)
+    assert make_task("stdlib").limit == 50
+    assert evaluate(tiny_dir, task_file, tmp_path / "eval", "unused", "--limit", "-2", "--rules", "[chow]") == 2
+    one_error_line(capsys, "--limit must be at least 1")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (("--data.val_fraction", "1.5"), "data.val_fraction must lie in (0, 1)"),
+    (("--data.test_fraction", "0"), "data.test_fraction must lie in (0, 1)"),
+    (("--data.val_fraction", "0.5", "--data.test_fraction", "0.5"), "leaves no training documents"),
+])
+def test_held_out_fractions_outside_0_1_are_refused(trained_root, tmp_path, capsys, flags, fragment):
+    assert fit(trained_root / "log", tmp_path / "run", *flags) == 2
+    one_error_line(capsys, fragment)
+
+
+def test_baselines_refuse_a_router_of_another_pair_and_bad_fractions(tiny_pair, tmp_path, capsys):
+    log = write_synthetic_log(tmp_path / "log", docs=6, per_doc=50)
+    router = export_random_router(tmp_path / "router", tiny_pair.identity())
+    assert deferral(["baselines", "--data", str(log), "--router", str(router)]) == 2
+    one_error_line(capsys, "another pair", str(log))
+    assert deferral(["baselines", "--data", str(log), "--val-fraction", "0"]) == 2
+    one_error_line(capsys, "--val-fraction must lie in (0, 1)")
+
+
+def test_undefined_auroc_is_nan_with_a_warning(capsys):
+    from training.module import RouterModule
+
+    module = RouterModule(num_features=3, target="gap01", objective="classify")
+    n = 16
+    x = torch.randn(n, 3)
+    zeros = torch.zeros(n)
+    batch = (x, zeros, zeros, torch.rand(n), zeros, zeros)  # no position needs deferral
+    for _ in range(2):  # two validation epochs: one warning
+        module._eval_step("val", batch)
+        module._eval_epoch_end("val")
+    assert module.last_val_metrics["auroc"] != module.last_val_metrics["auroc"]  # nan, not 0.0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "AUROC is undefined" in warnings[0] and "gap01" in warnings[0]

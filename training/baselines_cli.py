@@ -28,7 +28,7 @@ from training.baselines import (
     rule_scores,
     score_table,
 )
-from training.datamodule import TARGETS, binary_target, check_target, read_arrays, split_documents
+from training.datamodule import TARGETS, binary_target, check_fractions, check_target, read_arrays, split_documents
 
 
 def build_parser() -> ArgumentParser:
@@ -61,12 +61,25 @@ def logistic_scores(
     return lr.predict_proba(test_x)[:, 1]
 
 
+def check_same_pair(router_dir: str, meta: dict, data: str, data_meta: dict) -> None:
+    from inference.learned import pair_mismatch
+
+    problem = pair_mismatch(meta.get("pair", {}), data_meta.get("pair", {}))
+    if problem:
+        raise DeferralError(
+            f"router {router_dir} was trained for another pair than {data} was logged with ({problem}): "
+            "compare it on a log of its own drafter and target"
+        )
+
+
 def compare(args) -> tuple[str, dict]:
     router, meta = (None, {}) if args.router is None else load_router(args.router)
     data = meta.get("data") or {}
     seed = int(data.get("split_seed", args.split_seed))
     val_f = float(data.get("val_fraction", args.val_fraction))
     test_f = float(data.get("test_fraction", args.test_fraction))
+    if not args.whole_log:
+        check_fractions(val_f, test_f, ("--val-fraction", "--test-fraction"))
     targets = args.targets.split(",") if args.targets else [(meta.get("label") or {}).get("target", "gap01")]
     for t in targets:
         check_target(t)
@@ -74,6 +87,8 @@ def compare(args) -> tuple[str, dict]:
         raise DeferralError(f"--calibration {args.calibration}: choose isotonic or sigmoid")
 
     arrays = read_arrays(args.data)
+    if meta:  # as `deferral generate` refuses it: a router's scores describe its own pair's logs only
+        check_same_pair(args.router, meta, args.data, arrays.meta)
     names = arrays.meta["feature_spec"]["names"]
     if meta and meta["feature_spec"]["names"] != names:
         raise DeferralError(f"router {args.router} was trained on other features than {args.data}: use its own data")

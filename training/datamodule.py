@@ -51,6 +51,19 @@ def check_target(target: str) -> None:
         raise DeferralError(f"unknown router target '{target}': choose one of {', '.join(TARGETS)}")
 
 
+def check_fractions(val_fraction: float, test_fraction: float,
+                    flags: tuple[str, str] = ("data.val_fraction", "data.test_fraction")) -> None:
+    """Held-out shares of the documents: each in (0, 1), together below 1 (training keeps the rest)."""
+    for flag, value in zip(flags, (val_fraction, test_fraction)):
+        if not 0 < value < 1:
+            raise DeferralError(f"{flag} must lie in (0, 1) (a share of the documents), got {value}: e.g. 0.1")
+    if val_fraction + test_fraction >= 1:
+        raise DeferralError(
+            f"{flags[0]} + {flags[1]} = {val_fraction + test_fraction:g} leaves no training documents: "
+            "keep their sum below 1"
+        )
+
+
 def split_documents(doc_ids: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Assign every row to train/val/test by its document -> {split: (N,) bool mask}.
 
@@ -179,6 +192,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.limit_rows = limit_rows
+        check_fractions(val_fraction, test_fraction)
         self.arrays: LoggedArrays | None = None
         self.datasets: dict[str, TensorDataset] = {}
         self.meta: dict = {}

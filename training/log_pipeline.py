@@ -62,7 +62,7 @@ class LogConfig:
             raise DeferralError(f"--horizon and --rollout-batch-size must be at least 1, got {self.horizon}, "
                                 f"{self.rollout_batch_size}")
         if self.mode in ("on-policy", "cascade"):
-            from deferral.rules import make_rule
+            from deferral.rules import make_rule, warn_alpha_outside_range
 
             if self.prompt_tokens < 1:
                 raise DeferralError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}")
@@ -71,7 +71,11 @@ class LogConfig:
                                     "none; use speculative or a cascade rule")
             if self.generator == "drafter":
                 raise DeferralError("--generator drafter would log the drafter's own text: use target or a cascade rule")
+            if self.generator == "learned":
+                raise DeferralError("--generator learned needs a router, which `deferral log` does not load: "
+                                    "log with speculative or a hand-set rule (chow, opt, token-v3, ...) as --generator")
             make_rule(self.generator, self.alpha)  # an unknown rule or a missing alpha fails here, before any work
+            warn_alpha_outside_range(self.generator, self.alpha)
 
 
 @dataclass

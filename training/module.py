@@ -12,6 +12,8 @@ turned into a calibration table (score threshold per deferral rate) saved in eve
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
 import numpy as np
 import torch
@@ -72,6 +74,7 @@ class RouterModule(L.LightningModule):
             }
         )
         self._collected: dict[str, list[torch.Tensor]] = {}
+        self._undefined_warned: set[str] = set()
         self.last_val_metrics: dict[str, float] = {}
         self.calibration: dict | None = None
         self.outputs: dict[str, dict[str, np.ndarray]] = {}  # stage -> held-out scores and labels
@@ -127,6 +130,24 @@ class RouterModule(L.LightningModule):
         for name, t in (("score", score), ("y", y_bin), ("tv", tv), ("gap01", gap01), ("gap_nll", gap_nll)):
             self._collected.setdefault(f"{stage}/{name}", []).append(t.detach().cpu())
 
+    def _undefined_ranking_metrics(self, stage: str, y, values: dict) -> None:
+        """AUROC needs both classes and AP a positive: where the split lacks them, report nan (torchmetrics
+        returns 0) and say why once per stage on stderr."""
+        if y is None or len(y) == 0:
+            return
+        positives = int((y > 0.5).sum())
+        if 0 < positives < len(y):
+            return
+        values["auroc"] = torch.tensor(float("nan"))
+        if positives == 0:
+            values["ap"] = torch.tensor(float("nan"))
+        if stage not in self._undefined_warned:
+            self._undefined_warned.add(stage)
+            which = "deferral-needed" if positives else "not deferral-needed"
+            print(f"warning: {stage} AUROC is undefined: all {len(y)} {stage} positions are {which} under target "
+                  f"'{self.hparams.target}' (it needs both classes); reported as nan: log more documents or choose "
+                  "another data.target", file=sys.stderr)
+
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
 
@@ -137,6 +158,7 @@ class RouterModule(L.LightningModule):
         m = self.metrics[stage]
         values = {"auroc": m["auroc"].compute(), "ap": m["ap"].compute()}
         got = {k[len(stage) + 1 :]: torch.cat(v).numpy() for k, v in self._collected.items() if k.startswith(stage)}
+        self._undefined_ranking_metrics(stage, got.get("y"), values)
         if self.hparams.objective == "classify":
             values["ece"] = m["ece"].compute()
             values["brier"] = torch.tensor(float(np.mean((got["score"] - got["y"]) ** 2)))

@@ -14,10 +14,17 @@ def check_task_name(spec: str) -> None:
         raise DeferralError(f"unknown task '{spec}': choose one of {', '.join(TASK_NAMES)}")
 
 
+def check_limit(limit: int | None) -> None:
+    """--limit counts examples: None (every example; 50 for stdlib) or at least 1."""
+    if limit is not None and limit < 1:
+        raise DeferralError(f"--limit must be at least 1 example, got {limit}: give a positive count, or drop --limit")
+
+
 def make_task(spec: str, limit: int | None = None, chat: bool | None = None, seed: int = 0,
               prompt_column: str = "prompt", reference_column: str = "reference") -> Task:
     """Build a task from its command-line name. `chat=None` uses each task's own default."""
     check_task_name(spec)
+    check_limit(limit)
     if spec == "humaneval":
         from inference.tasks.humaneval import HumanEval
 
@@ -27,10 +34,10 @@ def make_task(spec: str, limit: int | None = None, chat: bool | None = None, see
 
         if chat:
             raise DeferralError("the stdlib task continues raw source text: drop --chat")
-        return StdlibContinuation(limit=limit or 50, seed=seed)
+        return StdlibContinuation(limit=50 if limit is None else limit, seed=seed)
     from inference.tasks.hf_dataset import HFDataset  # spec is "hf:<dataset or file>"
 
     return HFDataset(spec[3:], prompt_column, reference_column, limit=limit, chat=bool(chat))
 
 
-__all__ = ["Example", "Task", "TASK_NAMES", "check_task_name", "make_task"]
+__all__ = ["Example", "Task", "TASK_NAMES", "check_limit", "check_task_name", "make_task"]
