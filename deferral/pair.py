@@ -174,6 +174,7 @@ def _quiet_transformers() -> None:
 
 def load_model(source: str, device: str = "cpu", dtype: str = "float32", role: str = "model") -> LoadedModel:
     """Load one causal LM and its tokenizer from a hub id, a local folder or a .gguf file."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -201,8 +202,9 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32", role: s
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
-    except OSError as exc:
-        hint = "set HF_HUB_OFFLINE=0 and check network access" if identity["kind"] == "hub" else "check the files"
+    except (OSError, SafetensorError) as exc:  # SafetensorError: a truncated or foreign .safetensors file
+        hint = ("set HF_HUB_OFFLINE=0 and check network access" if identity["kind"] == "hub"
+                else "re-download or re-save the model files")
         raise DeferralError(f"could not load {role} '{source}': {str(exc).splitlines()[0]} ({hint})") from None
     model.to(torch_device).eval()
     identity["config_sha256"] = hashlib.sha256(

@@ -171,12 +171,48 @@ def read_router_meta(folder: str | Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise DeferralError(f"{meta_path} is not valid JSON ({exc.msg}): re-export the router") from None
-    if meta.get("format") != EXPORT_FORMAT or int(meta.get("format_version", -1)) > EXPORT_FORMAT_VERSION:
+    if not isinstance(meta, dict):
+        raise DeferralError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object: re-export the router")
+    version = meta.get("format_version", -1)
+    if meta.get("format") != EXPORT_FORMAT or not _is_number(version) or version > EXPORT_FORMAT_VERSION:
         raise DeferralError(
             f"{meta_path} has format {meta.get('format')} v{meta.get('format_version')}, this version reads "
             f"{EXPORT_FORMAT} v{EXPORT_FORMAT_VERSION}: re-export the router or upgrade deferral"
         )
+    problem = _shape_problem(meta)
+    if problem:
+        raise DeferralError(f"{meta_path} is malformed ({problem}): re-export the router with `deferral export`")
     return meta
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shape_problem(meta: dict) -> str | None:
+    """What makes a (hand-edited or foreign) router.json unusable: missing objects, text where numbers belong."""
+    config = meta.get("config")
+    if not isinstance(config, dict) or "num_features" not in config:
+        return "no 'config' object with num_features"
+    for key in ("num_features", "hidden", "layers", "dropout"):
+        if key in config and not _is_number(config[key]):
+            return f"config.{key} is {config[key]!r}, not a number"
+    for key in ("alpha", "default_threshold", "default_deferral_rate", "candidates", "logged_candidates"):
+        if meta.get(key) is not None and not _is_number(meta[key]):
+            return f"{key} is {meta[key]!r}, not a number"
+    for key in ("feature_spec", "pair", "calibration"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"'{key}' is not an object"
+    spec = meta.get("feature_spec") or {}
+    for key in ("version", "drafter_hidden", "target_hidden"):
+        if key in spec and not _is_number(spec[key]):
+            return f"feature_spec.{key} is {spec[key]!r}, not a number"
+    rows = (meta.get("calibration") or {}).get("rows") or []
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and _is_number(r.get("deferral_rate")) and _is_number(r.get("threshold")) for r in rows
+    ):
+        return "calibration rows need numeric deferral_rate and threshold"
+    return None
 
 
 def load_router(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Router, dict]:
@@ -185,7 +221,12 @@ def load_router(folder: str | Path, device: str | torch.device = "cpu") -> tuple
 
     meta = read_router_meta(folder)
     router = Router(RouterConfig.from_dict(meta["config"]))
-    state = load_file(str(Path(folder) / WEIGHTS_FILE), device="cpu")
+    try:
+        state = load_file(str(Path(folder) / WEIGHTS_FILE), device="cpu")
+    except Exception as exc:  # safetensors raises SafetensorError for cut or foreign files
+        raise DeferralError(
+            f"{folder}/{WEIGHTS_FILE} is truncated or not a safetensors file ({str(exc).splitlines()[0]}): re-export"
+        ) from None
     try:
         router.load_state_dict(state)
     except RuntimeError as exc:

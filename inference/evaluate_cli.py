@@ -16,6 +16,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm import tqdm
 
 from deferral.errors import DeferralError
+from deferral.outputs import check_output_folder, check_tracking_store, read_json_record
 from deferral.rules import HAND_SET_RULES
 from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
@@ -70,7 +71,8 @@ class ResultsStore:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.results, self.generations, self.meta_path = out / "results.jsonl", out / "generations.jsonl", out / "run.json"
-        self.meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        fix = f"choose a new --out, or delete {out} to start it over"
+        self.meta = read_json_record(self.meta_path, fix) if self.meta_path.is_file() else {}
         self.rows = self._read(self.results)
         if self.meta:
             setup = self._check_setup(self.meta.get("setup") or {}, setup)
@@ -300,6 +302,9 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     check_limit(args.limit)
     check_task_name(args.task)
+    check_output_folder(args.out)  # before any decoding
+    if not args.no_mlflow:
+        check_tracking_store(args.tracking_uri, disable="--no-mlflow")
     if args.task == "humaneval":  # refuse unisolated generated code now, not after hours of decoding
         from inference.tasks.sandbox import require_isolation
 

@@ -75,8 +75,12 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
     path = Path(prompts_file)
     if not path.is_file():
         raise DeferralError(f"prompts file {path} does not exist: check the path")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DeferralError(f"prompts file {path} is not UTF-8 text (byte {exc.start}): pass a JSONL file") from None
     texts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

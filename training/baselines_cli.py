@@ -90,6 +90,8 @@ def compare(args) -> tuple[str, dict]:
     if meta:  # as `deferral generate` refuses it: a router's scores describe its own pair's logs only
         check_same_pair(args.router, meta, args.data, arrays.meta)
     names = arrays.meta["feature_spec"]["names"]
+    if meta and not isinstance((meta.get("feature_spec") or {}).get("names"), list):
+        raise DeferralError(f"router {args.router} lists no feature names in router.json: re-export it")
     if meta and meta["feature_spec"]["names"] != names:
         raise DeferralError(f"router {args.router} was trained on other features than {args.data}: use its own data")
     if args.whole_log:
@@ -132,9 +134,12 @@ def compare(args) -> tuple[str, dict]:
 
 
 def main(argv: list[str]) -> int:
+    from deferral.outputs import check_output_file
     from inference.generate import parse
 
     args = parse(build_parser(), argv)
+    if args.out:  # before the comparison, not after it
+        check_output_file(args.out)
     table, record = compare(args)
     print(table)
     if args.out:

@@ -86,6 +86,7 @@ class RouterCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
+        check_settings(cfg)
         root = Path(cfg.trainer.default_root_dir or ".")
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(root / "checkpoints")
@@ -203,3 +204,18 @@ def main(argv: list[str]) -> int:
         parser_kwargs={"prog": "deferral train"},
     )
     return 0
+
+
+def check_settings(cfg) -> None:
+    """Settings that would fail only after the data is loaded (or leave no checkpoint), refused up front."""
+    from deferral.errors import DeferralError
+    from deferral.outputs import check_output_folder, check_tracking_store
+
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and (epochs == 0 or epochs < -1):
+        raise DeferralError(f"--trainer.max_epochs {epochs}: train at least 1 epoch (or -1: until early stopping)")
+    check_output_folder(cfg.trainer.default_root_dir or ".", "--trainer.default_root_dir")
+    if cfg.checkpoint.dirpath is not None:
+        check_output_folder(cfg.checkpoint.dirpath, "--checkpoint.dirpath")
+    if str(cfg.mlflow.tracking_uri).strip().lower() not in ("none", ""):
+        check_tracking_store(cfg.mlflow.tracking_uri, "--mlflow.tracking_uri", "--mlflow.tracking_uri none")

@@ -114,6 +114,7 @@ def _jsonl_documents(path: Path, column: str) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path, column: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -122,6 +123,10 @@ def _parquet_documents(path: Path, column: str) -> Iterator[str]:
         raise DeferralError(f"{path} is not a readable Parquet file ({exc}): check the file") from None
     if column not in pf.schema_arrow.names:
         raise _column_error(path, column, pf.schema_arrow.names)
+    kind = pf.schema_arrow.field(column).type
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not any(test(value_kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)):
+        raise DeferralError(f"{path} column '{column}' holds {kind}, not text: pass --text-column NAME of a text column")
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for value in batch.column(0).to_pylist():
             yield value or ""

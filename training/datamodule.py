@@ -184,6 +184,10 @@ class FeatureDataModule(L.LightningDataModule):
     ):
         super().__init__()
         check_target(target)
+        if batch_size < 1 or eval_batch_size < 1:
+            raise DeferralError(
+                f"--data.batch_size {batch_size}, --data.eval_batch_size {eval_batch_size}: pass sizes of at least 1"
+            )
         if features not in FEATURE_CHOICES:
             raise DeferralError(f"data.features {features} is unknown: choose one of {', '.join(FEATURE_CHOICES)}")
         self.features = features

@@ -22,6 +22,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
+from deferral.outputs import check_output_folder, check_tracking_store
 from inference.generate import add_pair_arguments, parse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,8 @@ def main(argv: list[str]) -> int:
     args = parse(build_parser(), argv)
     if not Path(args.router_config).is_file():
         raise DeferralError(f"router config {args.router_config} does not exist: pass --router-config FILE")
+    check_output_folder(args.workdir, "--workdir")
+    check_tracking_store(args.tracking_uri, disable=None)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     logs, train_root, router, evaluation = work / "log", work / "router-training", work / "router", work / "evaluate"

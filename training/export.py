@@ -213,11 +213,13 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     import tempfile
 
+    from deferral.outputs import check_output_folder
     from inference.generate import parse
 
     args = parse(build_parser(), argv)
     if (args.checkpoint is None) == (args.mlflow_run is None):
         raise DeferralError("give exactly one of --checkpoint CKPT or --mlflow-run RUN_ID")
+    check_output_folder(args.out)
     if args.checkpoint:
         folder = export_checkpoint(args.checkpoint, args.out)
     else:

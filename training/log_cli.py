@@ -20,6 +20,7 @@ from typing import Iterator
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
+from deferral.outputs import check_output_folder, check_tracking_store, read_json_record
 from inference.generate import add_pair_arguments, parse
 from training import logged_data as fmt
 from training.corpora import Corpus, open_corpus
@@ -146,7 +147,7 @@ class LogJob:
         run = self.fingerprint(pair)
         run_path = self.out / "run.json"
         if run_path.is_file():
-            previous = json.loads(run_path.read_text())
+            previous = read_json_record(run_path, f"choose a new --out, or delete {self.out} to start it over")
             if previous != json.loads(json.dumps(run)):
                 keys = sorted(k for k in set(previous) | set(run) if previous.get(k) != json.loads(json.dumps(run)).get(k))
                 raise DeferralError(
@@ -344,6 +345,9 @@ def track(args, job: LogJob, stats: dict, progress: dict) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse(build_parser(), argv)
+    check_output_folder(args.out)  # before any document is read or model loaded
+    if not args.no_tracking:
+        check_tracking_store(args.tracking_uri)
     if args.devices > 1:
         from training.log_distributed import main_distributed
 

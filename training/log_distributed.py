@@ -88,8 +88,23 @@ def launching_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
+def check_devices(args) -> None:
+    """An accelerator or device count this machine lacks fails now in one line, before any model loads."""
+    from deferral.errors import DeferralError
+
+    try:
+        L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy="ddp", logger=False)
+    except Exception as exc:  # MisconfigurationException (no such device), ValueError (unknown name), ImportError
+        raise DeferralError(
+            f"--accelerator {args.accelerator} --devices {args.devices} is not available here "
+            f"({str(exc).splitlines()[0][:160]}): pass an accelerator and device count this machine has "
+            "(e.g. --accelerator cpu)"
+        ) from None
+
+
 def main_distributed(args) -> int:
     _quiet_lightning()
+    check_devices(args)
     job = make_job(args, world=args.devices)
     require_documents(job.corpus)
     # the user's process holds OUT/.lock for the whole run; the ranks it starts run under it

@@ -23,7 +23,13 @@ def load_rows(spec: str):
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise DeferralError(f"dataset file {path} does not exist: check the path")
-        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        if path.stat().st_size == 0:
+            raise DeferralError(f"dataset file {path} is empty: add rows with a prompt and a reference column")
+        try:
+            return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as exc:  # datasets wraps a parse error of a malformed file in DatasetGenerationError
+            cause = str(exc.__cause__ or exc).splitlines()[0][:200]
+            raise DeferralError(f"could not read dataset file {path} ({cause}): fix the file") from None
     name, _, split = spec.partition(":")
     parts = name.split("/")
     config = parts.pop() if len(parts) == 3 else None  # org/name/config; one slash is org/name
