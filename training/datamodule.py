@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler, TensorDataset
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
@@ -155,6 +155,29 @@ def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> Tensor
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(p)) for p in parts))
 
 
+class EpochShuffle(Sampler):
+    """Batches (lists of row indices) of a random order that depends on the epoch alone.
+
+    Epoch e is shuffled with a generator seeded with `seed` + e (the trainer calls `set_epoch` before
+    every epoch), not with one generator advanced from epoch 0: a run resumed at epoch e from a
+    checkpoint sees the batches the uninterrupted run saw.
+    """
+
+    def __init__(self, rows: int, batch_size: int, seed: int):
+        self.rows, self.batch_size, self.seed, self.epoch = rows, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        for start in range(0, self.rows, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
 class FeatureDataModule(L.LightningDataModule):
     """A `deferral log` output folder, split by document into train/val/test tensors.
 
@@ -244,13 +267,12 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         if shuffle:
-            generator = torch.Generator().manual_seed(self.split_seed + (self.trainer.current_epoch if self.trainer else 0))
-            sampler = RandomSampler(data, generator=generator)
-            size = self.batch_size
+            sampler = EpochShuffle(len(data), self.batch_size, self.split_seed)
+            sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         else:
-            sampler, size = SequentialSampler(data), self.eval_batch_size
-        # batch_size=None + a BatchSampler: each step indexes the tensors once with a list of rows.
-        return DataLoader(data, batch_size=None, sampler=BatchSampler(sampler, size, drop_last=False), num_workers=0)
+            sampler = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+        # batch_size=None + a batch sampler: each step indexes the tensors once with a list of rows.
+        return DataLoader(data, batch_size=None, sampler=sampler, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -12,6 +12,7 @@ turned into a calibration table (score threshold per deferral rate) saved in eve
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
@@ -110,6 +111,15 @@ class RouterModule(L.LightningModule):
         if self.hparams.objective == "classify":
             return torch.nn.functional.binary_cross_entropy_with_logits(out, y_bin, pos_weight=self.positive_weight)
         return torch.nn.functional.huber_loss(out, y_reg, delta=self.hparams.huber_delta)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Dropout draws from torch's global generator. Seeded at every epoch's first batch from the run's
+        # seed (seed_everything) and the epoch, an epoch's draws do not depend on what ran before it in
+        # this process, so a run resumed from an epoch's checkpoint repeats the uninterrupted run's epochs
+        # (the training data order is a function of the epoch as well: see datamodule.EpochShuffle).
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if batch_idx == 0 and seed is not None:
+            torch.manual_seed(int(seed) + int(self.current_epoch))
 
     def training_step(self, batch, batch_idx):
         x, y_bin, y_reg = batch[0], batch[1], batch[2]
