@@ -173,8 +173,9 @@ def block_lookahead(p_logits: torch.Tensor, drafts: torch.Tensor, window: int = 
         Lookahead with (B * k, window) tensors, rows in (b, j) order.
     """
     b, k = drafts.shape
-    logp = torch.log_softmax(p_logits.float(), -1)  # (B, k, V)
-    logp_draft = logp.gather(-1, drafts[..., None].long())[..., 0].clamp_min(LOG_FLOOR)  # (B, k)
+    logits = p_logits.float()
+    # log p of each draft without materialising a (B, k, V) log-softmax: gather minus logsumexp
+    logp_draft = (logits.gather(-1, drafts[..., None].long())[..., 0] - torch.logsumexp(logits, -1)).clamp_min(LOG_FLOOR)
     agree = p_logits.argmax(-1) == drafts  # (B, k)
     pad = window
     logp_pad = torch.cat([logp_draft, logp_draft.new_zeros(b, pad)], 1)  # (B, k + W)

@@ -285,7 +285,9 @@ class Learned(DeferralRule):
             ahead = None
         feats = compute_features(d.q_logits, d.p_logits, cand, d.drafter_hidden, d.target_hidden, ahead)
         scores = self.scorer(feats.reshape(-1, feats.shape[-1])).reshape(n, -1).float()  # (N, C)
-        limit = self.threshold + self.alpha * total_variation(d.q_sample, d.p_sample)[:, None]
+        limit = self.threshold
+        if self.alpha:  # TV costs a pass over (N, V): only when the rule reads it
+            limit = limit + self.alpha * total_variation(d.q_sample, d.p_sample)[:, None]
         keep = scores <= limit  # (N, C)
         if self.feature_spec.block_features:
             keep &= d.drafted[:, None] >= 0
