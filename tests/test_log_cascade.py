@@ -115,6 +115,40 @@ def test_features_equal_the_decode_loops(cascade_log, tiny_pair):
     assert spec.names[-len(LOOKAHEAD_FEATURES):] == tuple(LOOKAHEAD_FEATURES)
 
 
+def test_reference_gain_compares_both_rollouts_with_the_documents_next_lines(tiny_dir, tiny_pair, tmp_path):
+    """Documents of several lines: the prompt is cut at a line, the next lines are the reference, and
+    label_ref_gain = chrF(generated + drafted + roll-out, ref) - chrF(generated + target's + roll-out, ref)."""
+    from training.cascade_log import cut_document
+
+    lines = ["alpha beta gamma", "delta epsilon", "zeta eta theta", "iota kappa", "lambda mu nu", "xi omicron pi"]
+    corpus = tmp_path / "lines.jsonl"
+    import json
+
+    corpus.write_text("".join(json.dumps({"text": "\n".join(lines[i:] + lines[:i])}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    flags = ["--mode", "cascade", "--generator", "speculative", "--prompt-tokens", "40", "--max-new-tokens", "10",
+             "--draft-tokens", str(K), "--horizon", "5"]
+    assert log_main(log_args(tiny_dir, corpus, out, *flags)) == 0
+    ds, _ = fmt.load_logged(out)
+    a = arrays(ds)
+    agree = a["drafted_id"] == a["token_id"]
+    assert (a["label_ref_gain"][agree] == 0).all()
+    gains = a["label_ref_gain"][~agree]
+    assert np.isfinite(gains).all() and (gains != 0).any()
+    # the first drafted position after a prompt: recompute from the two roll-outs
+    i = next(i for i in np.flatnonzero(~agree) if a["position"][i] == a["position"][a["doc_id"] == a["doc_id"][i]].min())
+    doc = int(a["doc_id"][i])
+    text = json.loads(corpus.read_text().splitlines()[doc])["text"]
+    prompt, reference = cut_document(tiny_pair, doc, text, 40, 0)
+    assert reference.startswith("\n") and len(prompt) == a["position"][i]
+    x, t = int(a["drafted_id"][i]), int(a["token_id"][i])
+    cfg = DecodeConfig(max_new_tokens=5, draft_tokens=1, seed=0)
+    [orig, swap] = run(tiny_pair, make_rule("target"), [prompt + [t], prompt + [x]], cfg)
+    decode = tiny_pair.tokenizer.decode
+    expected = chrf(decode([x] + swap.tokens), reference) - chrf(decode([t] + orig.tokens), reference)
+    assert a["label_ref_gain"][i] == pytest.approx(expected, abs=1e-5)
+
+
 def test_cascade_mode_refuses_generators_without_drafts(tiny_dir, tmp_path):
     corpus = write_corpus(tmp_path / "c.txt", docs=3)
     with pytest.raises(DeferralError, match="--mode cascade"):

@@ -27,6 +27,7 @@ from training.consequence import RolloutConfig, consequence_labels
 from training.mixed_corpus import CHAT_MARKER
 
 MIN_CONTEXT_LINES = 3  # a cut keeps at least this many lines of context before it
+REFERENCE_LINES = 4  # the document's lines after a cut that the reference-based label compares with
 
 
 class BlockCollector:
@@ -40,6 +41,12 @@ class BlockCollector:
         )
         self.parts: list[dict[str, np.ndarray]] = []
         self.contexts: list[list[int]] = []
+        # per prompt of the current decode call: its length and its document's real continuation
+        self.prompt_lens: list[int] = []
+        self.references: list[str | None] = []
+        # per row: the tokens generated before the drafted position, and the reference of its prompt
+        self.generated: list[list[int]] = []
+        self.row_references: list[str | None] = []
 
     @torch.inference_mode()
     def __call__(self, block: Block) -> None:
@@ -59,8 +66,11 @@ class BlockCollector:
         drafts = block.drafts.tolist()
         positions = []
         for r in range(b):
+            prompt_len = self.prompt_lens[block.rows[r]] if self.prompt_lens else len(block.context[r])
             for j in range(k):
                 self.contexts.append(block.context[r] + drafts[r][:j])
+                self.generated.append(self.contexts[-1][prompt_len:])
+                self.row_references.append(self.references[block.rows[r]] if self.references else None)
                 positions.append(len(block.context[r]) + j)
         self.parts.append({
             "doc_id": np.repeat([self.doc_ids[i] for i in block.rows], k),
@@ -75,18 +85,27 @@ class BlockCollector:
         return {key: np.concatenate([part[key] for part in self.parts]) for key in self.parts[0]}
 
 
-def cut_prompt(pair: Pair, doc_id: int, text: str, prompt_tokens: int, seed: int) -> list[int]:
-    """Prompt ids for one document: a chat instruction through the chat template, otherwise the
-    text before a line boundary drawn deterministically from (doc_id, seed), ending at a line end
-    without its newline like the evaluation tasks' prompts, left-truncated to prompt_tokens tokens."""
+def cut_document(pair: Pair, doc_id: int, text: str, prompt_tokens: int, seed: int) -> tuple[list[int], str | None]:
+    """(prompt ids, reference) for one document: a chat instruction goes through the chat template
+    and has no reference; other text is cut before a line boundary drawn deterministically from
+    (doc_id, seed): the prompt ends at a line end without its newline, like the evaluation tasks'
+    prompts, left-truncated to prompt_tokens tokens, and the reference is that newline plus the next
+    REFERENCE_LINES lines (None when the cut is at the end of the document)."""
     tok = pair.tokenizer
     if text.startswith(CHAT_MARKER):
-        return encode_prompts(pair, [text[len(CHAT_MARKER):]], chat=True)[0][-prompt_tokens:]
+        return encode_prompts(pair, [text[len(CHAT_MARKER):]], chat=True)[0][-prompt_tokens:], None
     lines = text.split("\n")
     rng = np.random.default_rng([seed, doc_id])
     cut = int(rng.integers(min(MIN_CONTEXT_LINES, len(lines)), max(len(lines), MIN_CONTEXT_LINES + 1)))
     ids = tok("\n".join(lines[:cut]), add_special_tokens=True)["input_ids"]
-    return [int(i) for i in ids][-prompt_tokens:]
+    after = lines[cut : cut + REFERENCE_LINES]
+    reference = "\n" + "\n".join(after) if after and "".join(after).strip() else None
+    return [int(i) for i in ids][-prompt_tokens:], reference
+
+
+def cut_prompt(pair: Pair, doc_id: int, text: str, prompt_tokens: int, seed: int) -> list[int]:
+    """The prompt ids of cut_document."""
+    return cut_document(pair, doc_id, text, prompt_tokens, seed)[0]
 
 
 def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: FeatureSpec, progress=None) -> dict | None:
@@ -94,8 +113,10 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
     None when no document yields a prompt."""
     from deferral.rules import make_rule
 
-    prompts = [(doc_id, cut_prompt(pair, doc_id, text, cfg.prompt_tokens, cfg.seed)) for doc_id, text in documents]
-    prompts = [(doc_id, ids) for doc_id, ids in prompts if ids]
+    cuts = [(doc_id, *cut_document(pair, doc_id, text, cfg.prompt_tokens, cfg.seed)) for doc_id, text in documents]
+    cuts = [(doc_id, ids, ref) for doc_id, ids, ref in cuts if ids]
+    prompts = [(doc_id, ids) for doc_id, ids, _ in cuts]
+    references = [ref for _, _, ref in cuts]
     if not prompts:
         return None
     room = pair.max_context - max(len(ids) for _, ids in prompts) - cfg.draft_tokens - 1
@@ -109,6 +130,8 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
     for s in range(0, len(prompts), cfg.batch_size):
         batch = prompts[s : s + cfg.batch_size]
         collector.doc_ids = [doc_id for doc_id, _ in batch]
+        collector.prompt_lens = [len(ids) for _, ids in batch]
+        collector.references = references[s : s + cfg.batch_size]
         before = sum(len(p["doc_id"]) for p in collector.parts)
         speculative_generate(
             pair.drafter.model, pair.target.model, rule, [ids for _, ids in batch], decode, pair.vocab_size,
@@ -120,5 +143,8 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
         return None
     rows = collector.rows()
     rollout = RolloutConfig(horizon=cfg.horizon, batch_size=cfg.rollout_batch_size)
-    rows.update(consequence_labels(pair, collector.contexts, rows["drafted_id"], rows["token_id"], rollout, eos, pad))
+    rows.update(consequence_labels(
+        pair, collector.contexts, rows["drafted_id"], rows["token_id"], rollout, eos, pad,
+        generated=collector.generated, references=collector.row_references,
+    ))
     return rows

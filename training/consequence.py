@@ -9,8 +9,13 @@ and give three labels (agreeing positions, x == a, get the no-harm values 0 / 1 
 - label_ll_drop      mean per token of log p(C_a | c, a) - log p(C_a | c, x): how much less the
                      target believes its own original continuation once x is in (SelfJudge's signal);
 - label_rollout_chrf chrF of the swapped text x + C_x against the original a + C_a (1 = same text);
-- label_same_line    1 when both texts agree up to their first newline (the rest of the line survives).
-The router's "harm" target is 1 - label_rollout_chrf.
+- label_same_line    1 when both texts agree up to their first newline (the rest of the line survives);
+- label_ref_gain     where the prompt was cut from a document whose real next lines are known:
+                     chrF against them of (generated so far + x + C_x) minus that of
+                     (generated so far + a + C_a): > 0 where the drafter's token makes the text
+                     closer to the reference, < 0 where it makes it worse (0 where x == a; NaN
+                     without a reference, e.g. chat replies).
+The router's "harm" target is 1 - label_rollout_chrf; its "ref_harm" target is -label_ref_gain.
 
 Cost per labelled mismatch: two batched greedy roll-outs of `horizon` target steps and two
 teacher-forced target passes over context + 1 + horizon tokens.
@@ -33,6 +38,8 @@ CONSEQUENCE_LABELS = {
     "label_rollout_chrf": "chrF of drafted token + target roll-out against argmax + target roll-out "
                           "(float32; 1 where they agree; NaN outside cascade logs)",
     "label_same_line": "1 where both roll-outs agree up to their first newline (float32; NaN outside cascade logs)",
+    "label_ref_gain": "chrF against the document's real next lines of the text with the drafted token minus "
+                      "with the target's (float32; 0 where they agree; NaN without a reference or outside cascade logs)",
 }
 
 
@@ -106,15 +113,21 @@ def consequence_labels(
     cfg: RolloutConfig,
     eos_ids: set[int],
     pad_id: int,
+    generated: list[list[int]] | None = None,
+    references: list[str | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """CONSEQUENCE_LABELS for N drafted positions (see the module docstring).
 
-    contexts: N token lists (what precedes each drafted token); drafted, target_argmax: (N,) ints.
+    contexts: N token lists (what precedes each drafted token); drafted, target_argmax: (N,) ints;
+    generated: N token lists (the part of each context written after the prompt) and references: N
+    texts (or None) that the prompt's document continues with, for label_ref_gain.
     """
     n = len(contexts)
     ll_drop = np.zeros(n, dtype=np.float32)
     sim = np.ones(n, dtype=np.float32)
     same = np.ones(n, dtype=np.float32)
+    references = references or [None] * n
+    ref_gain = np.array([0.0 if ref is not None else np.nan for ref in references], dtype=np.float32)
     todo = np.flatnonzero(np.asarray(drafted) != np.asarray(target_argmax))
     if todo.size:
         orig_ctx = [contexts[i] + [int(target_argmax[i])] for i in todo]
@@ -129,4 +142,9 @@ def consequence_labels(
             swapped = decode([int(drafted[i])] + c_swap[m])
             sim[i] = chrf(swapped, original) if original.strip() or swapped.strip() else float(original == swapped)
             same[i] = float(first_line(swapped) == first_line(original))
-    return {"label_ll_drop": ll_drop, "label_rollout_chrf": sim, "label_same_line": same}
+            if references[i] is not None and generated is not None:
+                before = [int(t) for t in generated[i]]
+                with_x = decode(before + [int(drafted[i])] + c_swap[m])
+                with_a = decode(before + [int(target_argmax[i])] + c_orig[m])
+                ref_gain[i] = chrf(with_x, references[i]) - chrf(with_a, references[i])
+    return {"label_ll_drop": ll_drop, "label_rollout_chrf": sim, "label_same_line": same, "label_ref_gain": ref_gain}

@@ -33,10 +33,14 @@ TARGETS = {
     "ll_drop": ("label_ll_drop", lambda v: v > 0.5,
                 "drop of the target's mean log-likelihood of its own continuation (regressed); needed above 0.5 nats"),
     "line_change": ("label_same_line", lambda v: v > 0.5, "the roll-out's first line changes"),
+    "ref_harm": ("label_ref_gain", lambda v: v > 0,
+                 "chrF against the document's real next lines lost by keeping the drafted token (regressed); "
+                 "needed where positive"),
 }
 # How a consequence column becomes the regressed "harm" value (identity for the others).
-_HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": lambda v: 1.0 - v}
-CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change")
+_HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": lambda v: 1.0 - v,
+                   "label_ref_gain": lambda v: -v}
+CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change", "ref_harm")
 SPLITS = ("train", "val", "test")
 FEATURE_CHOICES = ("all", "no-hidden")
 
@@ -109,7 +113,7 @@ def read_arrays(path: str, limit_rows: int | None = None) -> LoggedArrays:
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     features = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
     names = ["doc_id", "position", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv",
-             "label_ll_drop", "label_rollout_chrf", "label_same_line"]
+             "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain"]
     columns = {n: table.column(n).to_numpy() for n in names if n in table.column_names}
     return LoggedArrays(features=features, columns=columns, meta=meta)
 
@@ -142,8 +146,13 @@ def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
 
 
 def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> TensorDataset:
-    """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,)."""
+    """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,).
+
+    Rows without a value for the target (NaN: e.g. `ref_harm` on chat replies, which have no
+    reference text) are left out.
+    """
     y_reg = target_values(arrays, target)
+    mask = mask & ~np.isnan(y_reg)
     parts = [
         arrays.features[mask],
         binary_target(arrays, target)[mask],
