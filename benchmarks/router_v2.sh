@@ -3,11 +3,12 @@
 # Numbers and what they show: docs/router.md ("Router v2") and docs/evaluation.md.
 #
 #   bash benchmarks/router_v2.sh log   RUNS             # resumable: rerun to continue
-#   bash benchmarks/router_v2.sh train RUNS             # harm routers with and without hidden states
+#   bash benchmarks/router_v2.sh train RUNS             # routers with and without hidden states
 #   bash benchmarks/router_v2.sh eval  RUNS ROUTER SET  # SET: stdlib_heldout | prose_heldout | code_other
 #
-# DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), LIMIT (800 examples) and DEFERRAL (the command)
-# can be set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
+# DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: harm, as shipped, or
+# ref_harm), THRESHOLDS (the learned rule's sweep), LIMIT (800 examples) and DEFERRAL (the command) can
+# be set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
 set -euo pipefail
 stage=$1
 runs=$2
@@ -22,9 +23,9 @@ case "$stage" in
     ;;
   train)
     for features in all no-hidden; do
-      $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target harm \
+      $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target "${TARGET:-harm}" \
         --data.features "$features" --model.hidden 128 --trainer.accelerator "${ACCELERATOR:-gpu}" \
-        --trainer.default_root_dir "$runs/router-$features" --mlflow.tracking_uri none
+        --trainer.default_root_dir "$runs/router-${TARGET:-harm}-$features" --mlflow.tracking_uri none
     done
     ;;
   eval)
@@ -34,7 +35,7 @@ case "$stage" in
       --prompt-column prompt --reference-column reference --limit "${LIMIT:-800}" \
       --rules '[token-v3, opt, kl, typical, fly, learned]' --modes '[speculative]' \
       --alphas '{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}' \
-      --router "$router" --thresholds '[0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45]' \
+      --router "$router" --thresholds "${THRESHOLDS:-[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6]}" \
       --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set" --no-mlflow
     ;;
   *)
