@@ -90,6 +90,7 @@ def write_synthetic_log(out: Path, docs: int = 30, per_doc: int = 200, vocab: in
     identity = {"vocab_size": vocab, "target": {"source": "synthetic", "tokenizer_sha256": "t", "config_sha256": "c"},
                 "drafter": {"source": "synthetic"}}
     out.mkdir(parents=True, exist_ok=True)
-    fmt.write_json_atomic(out / "meta.json", fmt.build_meta(spec, identity, {"kind": "synthetic"}, "reference"))
+    corpus = {"kind": "synthetic", "seed": seed, "docs": docs, "per_doc": per_doc}  # its identity, like a real corpus hash
+    fmt.write_json_atomic(out / "meta.json", fmt.build_meta(spec, identity, corpus, "reference"))
     fmt.write_shard(fmt.shard_path(out, 0, 0), fmt.arrow_table(rows, spec.dim))
     return out
