@@ -14,6 +14,11 @@ from deferral.cli import main as deferral
 from deferral.features import FeatureSpec
 from deferral.router import Router, RouterConfig, save_router
 from tests.router_helpers import CONFIG, write_synthetic_log
+
+# datasets binds its logging handler to the stderr of whoever imports it first: import it here, at
+# collection, not inside a test whose captured stderr closes afterwards (later tests would then
+# print "--- Logging error ---" tracebacks).
+import datasets  # noqa: E402, F401
 from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 
@@ -288,3 +293,15 @@ def test_undefined_auroc_is_nan_with_a_warning(capsys):
     assert module.last_val_metrics["auroc"] != module.last_val_metrics["auroc"]  # nan, not 0.0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "AUROC is undefined" in warnings[0] and "gap01" in warnings[0]
+
+
+def test_training_on_an_unfinished_log_warns(tmp_path, capsys):
+    from training.datamodule import FeatureDataModule
+
+    log = write_synthetic_log(tmp_path / "log", docs=6, per_doc=20)  # shards, but no progress.json
+    FeatureDataModule(path=str(log), target="gap01").setup()
+    err = capsys.readouterr().err
+    assert "unfinished log" in err and "rerun the same `deferral log` command" in err
+    (log / "progress.json").write_text("{}")  # what a finished run writes last
+    FeatureDataModule(path=str(log), target="gap01").setup()
+    assert "unfinished log" not in capsys.readouterr().err

@@ -8,6 +8,7 @@ keeps a million positions per epoch cheap on two cores.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import lightning as L
@@ -66,6 +67,15 @@ def check_fractions(val_fraction: float, test_fraction: float,
             f"{flags[0]} + {flags[1]} = {val_fraction + test_fraction:g} leaves no training documents: "
             "keep their sum below 1"
         )
+
+
+def warn_if_incomplete(path) -> None:
+    """One warning line when a log's `deferral log` run never finished (killed or still running)."""
+    from pathlib import Path
+
+    if not (Path(path) / "progress.json").is_file():
+        print(f"warning: {path} is an unfinished log (its `deferral log` run was interrupted or is still running): "
+              "training on the shards written so far; rerun the same `deferral log` command to finish it", file=sys.stderr)
 
 
 def split_documents(doc_ids: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -248,6 +258,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
+            warn_if_incomplete(self.path)
             self.use_arrays(read_arrays(self.path, self.limit_rows))
 
     def use_arrays(self, arrays: LoggedArrays) -> None:
@@ -268,6 +279,9 @@ class FeatureDataModule(L.LightningDataModule):
         train_x = self.datasets["train"].tensors[0]
         self.mean, self.std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
         self.pos_rate = float(self.datasets["train"].tensors[1].mean())
+        if self.pos_rate == 0.0:
+            print(f"warning: no training position is positive under target '{self.target}' ({describe_target(self.target)}): "
+                  "the router cannot learn when to defer; log more text or choose another --data.target", file=sys.stderr)
         self.split_sizes = {
             name: {"positions": int(masks[name].sum()), "documents": int(np.unique(arrays.columns["doc_id"][masks[name]]).size)}
             for name in SPLITS
