@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from deferral.errors import DeferralError
+from training.export import load_checkpoint_file
 
 FINGERPRINT_FILE = "fingerprint.json"
 LOG_KEY = "data.log"  # sha256 of the logged folder's meta.json and run.json
@@ -80,20 +81,10 @@ class EpochCheckpoint(ModelCheckpoint):
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint to resume from, or one DeferralError line naming the fix when it cannot be read."""
     path = Path(path)
-    if not path.is_file():
-        raise DeferralError(f"checkpoint {path} does not exist: pass a .ckpt written by `deferral train fit`")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ValueError("no state_dict")
-    except Exception as exc:  # truncated or foreign files raise several types
-        best = path.with_name("best.ckpt")
-        other = f"pass --ckpt_path {best} to resume from the best epoch, or " if best != path and best.is_file() else ""
-        raise DeferralError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}; a cut or foreign file): "
-            f"{other}delete it to train from scratch"
-        ) from None
-    return ckpt
+    best = path.with_name("best.ckpt")
+    other = f"pass --ckpt_path {best} to resume from the best epoch, or " if best != path and best.is_file() else ""
+    # resuming restores optimizer and loop state, which a weights-only load refuses
+    return load_checkpoint_file(path, f"{other}delete it to train from scratch", weights_only=False)
 
 
 def data_identity(path: str | Path) -> str | None:

@@ -25,15 +25,24 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoints/best.ckpt"
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def load_checkpoint_file(path: str | Path, fix: str, weights_only: bool = True) -> dict:
+    """A checkpoint dict with a state_dict, or one DeferralError line ending with `fix`."""
     path = Path(path)
     if not path.is_file():
         raise DeferralError(f"checkpoint {path} does not exist: pass a .ckpt written by `deferral train fit`")
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise DeferralError(f"could not read checkpoint {path} ({type(exc).__name__}): pass a router training checkpoint") from None
-    if "state_dict" not in ckpt or CHECKPOINT_KEY not in ckpt:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=weights_only)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError("no state_dict")
+    except Exception as exc:  # truncated or foreign files raise several types
+        raise DeferralError(f"checkpoint {path} cannot be read ({type(exc).__name__}; a cut or foreign file): {fix}") from None
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A router training checkpoint to export (weights only: nothing in it is unpickled)."""
+    ckpt = load_checkpoint_file(path, "pass a router training checkpoint from `deferral train fit`")
+    if CHECKPOINT_KEY not in ckpt:
         raise DeferralError(f"{path} is not a router training checkpoint (no router state): pass one from `deferral train fit`")
     return ckpt
 
