@@ -7,8 +7,10 @@
 #   bash benchmarks/router_v2.sh eval  RUNS ROUTER SET  # SET: stdlib_heldout | prose_heldout | code_other
 #
 # DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: harm, as shipped, or
-# ref_harm), THRESHOLDS (the learned rule's sweep), LIMIT (800 examples) and DEFERRAL (the command) can
-# be set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
+# ref_harm), FEATURES (all no-hidden: the variants trained), THRESHOLDS or RATES (the learned rule's
+# sweep, by score threshold or by calibrated deferral rate), RULES and ALPHAS (the hand-set sweep),
+# LIMIT (800 examples), BATCH (200), TAG (suffix of the eval folder) and DEFERRAL (the command) can be
+# set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
 set -euo pipefail
 stage=$1
 runs=$2
@@ -22,7 +24,7 @@ case "$stage" in
       --no-tracking --no-progress
     ;;
   train)
-    for features in all no-hidden; do
+    for features in ${FEATURES:-all no-hidden}; do
       $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target "${TARGET:-harm}" \
         --data.features "$features" --model.hidden 128 --trainer.accelerator "${ACCELERATOR:-gpu}" \
         --trainer.default_root_dir "$runs/router-${TARGET:-harm}-$features" --mlflow.tracking_uri none
@@ -31,12 +33,17 @@ case "$stage" in
   eval)
     router=$3
     set=$4
+    if [ -n "${RATES:-}" ]; then
+      sweep=(--deferral-rates "$RATES")
+    else
+      sweep=(--thresholds "${THRESHOLDS:-[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6]}")
+    fi
     $deferral evaluate --config configs/evaluate.yaml --task "hf:benchmarks/data/$set.jsonl" \
       --prompt-column prompt --reference-column reference --limit "${LIMIT:-800}" \
-      --rules '[token-v3, opt, kl, typical, fly, learned]' --modes '[speculative]' \
-      --alphas '{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}' \
-      --router "$router" --thresholds "${THRESHOLDS:-[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6]}" \
-      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set" --no-mlflow
+      --rules "${RULES:-[token-v3, opt, kl, typical, fly, learned]}" --modes '[speculative]' \
+      --alphas "${ALPHAS:-{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}}" \
+      --router "$router" "${sweep[@]}" \
+      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --no-mlflow
     ;;
   *)
     echo "error: unknown stage '$stage': use log, train or eval" >&2
