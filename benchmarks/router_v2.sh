@@ -33,6 +33,7 @@ case "$stage" in
   eval)
     router=$3
     set=$4
+    default_alphas='{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}'
     if [ -n "${RATES:-}" ]; then
       sweep=(--deferral-rates "$RATES")
     else
@@ -41,7 +42,7 @@ case "$stage" in
     $deferral evaluate --config configs/evaluate.yaml --task "hf:benchmarks/data/$set.jsonl" \
       --prompt-column prompt --reference-column reference --limit "${LIMIT:-800}" \
       --rules "${RULES:-[token-v3, opt, kl, typical, fly, learned]}" --modes '[speculative]' \
-      --alphas "${ALPHAS:-{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}}" \
+      --alphas "${ALPHAS:-$default_alphas}" \
       --router "$router" "${sweep[@]}" \
       --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --no-mlflow
     ;;
