@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "train": ("training.cli", "train the router (LightningCLI: fit/validate/test)"),
     "baselines": ("training.baselines_cli", "logistic regression and the paper's rules on the router's splits"),
     "export": ("training.export", "turn a training checkpoint or MLflow run into a router export folder"),
+    "serve": ("inference.serve_cli", "an OpenAI-compatible HTTP server decoding with speculative cascades"),
     "evaluate": ("inference.evaluate_cli", "sweep every rule's knob on a task: cost-quality tables and plots"),
     "distill": ("training.distill_cli", "distil a small drafter for a target"),
     "demo": ("training.demo", "the whole pipeline end to end on the embedded default pair"),

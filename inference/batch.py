@@ -83,6 +83,11 @@ class BatchState:
             self.stats[idx].wall_s = time.perf_counter() - self.start
         return done
 
+    def cap(self, idx: int, max_new_tokens: int) -> None:
+        """Lower row `idx`'s (original index) token budget; a row already at it finishes at its next
+        commit, which keeps no more tokens (a server ends a request early this way)."""
+        self.budget[idx] = min(self.budget[idx], max(int(max_new_tokens), len(self.tokens[idx])))
+
     def draft_room(self) -> int:
         """The most tokens one step may draft: every active row's verify pass (its last committed token
         plus the drafts) must stay within the context. At least 1 while a row is unfinished."""

@@ -1,0 +1,121 @@
+"""`deferral serve`: an OpenAI-compatible HTTP server decoding with speculative cascades.
+
+Same pair, rule, router and decoding flags as `deferral generate`; a request may choose its own
+rule in the extra `cascade` field. See docs/serve.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from deferral.errors import DeferralError
+from deferral.rules import make_rule, warn_alpha_outside_range
+from inference.generate import add_decode_arguments, add_pair_arguments, parse
+from inference.serving.requests import SERVED_RULES, CascadeChoice, RequestError, Sampling
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="deferral serve", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
+    add_pair_arguments(parser)
+    parser.add_argument("--rule", type=str, default="speculative",
+                        help=f"default rule of requests that name none: one of {', '.join(SERVED_RULES)}")
+    parser.add_argument("--alpha", type=float | None, default=None, help="the default rule's knob")
+    parser.add_argument("--router", type=str | None, default=None,
+                        help="router export folder: lets requests use rule learned")
+    parser.add_argument("--threshold", type=float | None, default=None, help="learned rule: default threshold")
+    parser.add_argument("--deferral-rate", type=float | None, default=None, help="learned rule: default deferral rate")
+    add_decode_arguments(parser)
+    parser.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests in flight (decoding or waiting) beyond which new ones get HTTP 429")
+    parser.add_argument("--model-name", type=str | None, default=None,
+                        help="the model id /v1/models lists (default: the target's name)")
+    return parser
+
+
+class RuleCache:
+    """Rules by request choice, built once (a learned rule loads and checks its router once)."""
+
+    def __init__(self, pair, router: str | None):
+        self.pair, self.router = pair, router
+        self._rules: dict[CascadeChoice, object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, choice: CascadeChoice):
+        with self._lock:
+            if choice not in self._rules:
+                self._rules[choice] = self._build(choice)
+            return self._rules[choice]
+
+    def _build(self, choice: CascadeChoice):
+        if choice.rule == "learned":
+            if not self.router:
+                raise RequestError("rule learned needs a router: start the server with --router DIR", "cascade.rule")
+            from inference.learned import load_learned_rule
+
+            try:
+                return load_learned_rule(self.router, self.pair, threshold=choice.threshold,
+                                         deferral_rate=choice.deferral_rate, alpha=choice.alpha)
+            except DeferralError as exc:
+                raise RequestError(str(exc), "cascade") from None
+        try:
+            return make_rule(choice.rule, choice.alpha)
+        except DeferralError as exc:
+            raise RequestError(str(exc), "cascade.alpha") from None
+
+
+def served_name(source: str) -> str:
+    """The model id for /v1/models: the target's file or folder name, or its hub id."""
+    path = Path(str(source))
+    return path.name.removesuffix(".gguf") if path.exists() else str(source)
+
+
+def make_server(args, pair):
+    """(FastAPI app, Engine) for parsed flags and a loaded pair; the engine is not started."""
+    from inference.serving.app import ServerSettings, build_app
+    from inference.serving.engine import Engine
+
+    if args.rule not in SERVED_RULES:
+        raise DeferralError(f"--rule {args.rule} cannot be served: choose one of {', '.join(SERVED_RULES)}")
+    default = CascadeChoice(args.rule, args.alpha, args.threshold, args.deferral_rate)
+    rules = RuleCache(pair, args.router)
+    try:
+        rules(default)  # a bad default (unknown router, unreachable rate) stops the server before it listens
+    except RequestError as exc:
+        raise DeferralError(exc.message) from None
+    warn_alpha_outside_range(args.rule, args.alpha)
+    defaults = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed)
+    name = args.model_name or served_name(pair.target.identity.get("source", "deferral"))
+    engine = Engine(pair, rules, draft_tokens=args.draft_tokens, max_batch=args.batch_size, max_queue=args.max_queue)
+    settings = ServerSettings(model_name=str(name), defaults=defaults, cascade=default, chat_prompts=args.chat)
+    return build_app(engine, settings), engine
+
+
+def main(argv: list[str]) -> int:
+    import uvicorn
+
+    from deferral.pair import load_pair
+    from inference.config import DecodeConfig
+
+    args = parse(build_parser(), argv)
+    DecodeConfig(draft_tokens=args.draft_tokens, temperature=args.temperature, top_p=args.top_p,
+                 max_new_tokens=args.max_new_tokens)  # the same checks as generate, before loading models
+    if args.batch_size < 1 or args.max_queue < 1:
+        raise DeferralError("--batch-size and --max-queue must be at least 1")
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    app, engine = make_server(args, pair)
+    engine.start()
+    print(f"serving {app.state.model_name} on http://{args.host}:{args.port} "
+          f"(default rule {args.rule}; POST /v1/completions, /v1/chat/completions)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.stop()
+    return 0
