@@ -163,6 +163,8 @@ def test_sampling_with_a_seed_repeats(client):
     (b"{not json", None, "not valid JSON"),
     ({"prompt": "x", "cascade": {"rule": "nope"}}, "cascade.rule", "unknown rule"),
     ({"prompt": "x", "cascade": {"rule": "learned"}}, "cascade.rule", "--router"),
+    ({"prompt": "x", "cascade": {"rule": "learned", "deferral_rate": 5}}, "cascade.deferral_rate", "[0, 1]"),
+    ({"prompt": "x", "cascade": {"rule": "token-v3", "threshold": 0.3}}, "cascade.rule", "only apply to rule learned"),
     ({"prompt": "x", "max_tokens": 10**9}, "max_tokens", "at most"),
     ({"prompt": "x" * 5000}, "prompt", "context window"),
     ({"prompt": "x", "temperature": -1}, "temperature", "[0, 2]"),

@@ -95,6 +95,9 @@ def parse_cascade(value, default: CascadeChoice) -> CascadeChoice:
         if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float))):
             raise RequestError(f"'cascade.{name}' must be a number, got {json.dumps(knob)}", f"cascade.{name}")
         knobs[name] = None if knob is None else float(knob)
+    if knobs["deferral_rate"] is not None and not 0 <= knobs["deferral_rate"] <= 1:
+        raise RequestError(f"'cascade.deferral_rate' must be in [0, 1], got {knobs['deferral_rate']}",
+                           "cascade.deferral_rate")
     if rule != "learned" and (knobs["threshold"] is not None or knobs["deferral_rate"] is not None):
         raise RequestError("'cascade.threshold' and 'cascade.deferral_rate' only apply to rule learned", "cascade.rule")
     if knobs["threshold"] is not None and knobs["deferral_rate"] is not None:
