@@ -76,17 +76,32 @@ def served_name(source: str) -> str:
     return path.name.removesuffix(".gguf") if path.exists() else str(source)
 
 
+def check_flags(args) -> None:
+    """Refuse flags that cannot work, before any model is loaded."""
+    from inference.config import DecodeConfig
+
+    if args.rule not in SERVED_RULES:
+        raise DeferralError(f"--rule {args.rule} cannot be served: choose one of {', '.join(SERVED_RULES)}")
+    if args.rule != "learned" and (args.threshold is not None or args.deferral_rate is not None):
+        raise DeferralError("--threshold and --deferral-rate set the default of --rule learned: add --rule learned or drop them")
+    if args.batch_size < 1 or args.max_queue < 1:
+        raise DeferralError("--batch-size and --max-queue must be at least 1")
+    DecodeConfig(draft_tokens=args.draft_tokens, temperature=args.temperature, top_p=args.top_p,
+                 max_new_tokens=args.max_new_tokens)  # the same checks as generate
+
+
 def make_server(args, pair):
     """(FastAPI app, Engine) for parsed flags and a loaded pair; the engine is not started."""
     from inference.serving.app import ServerSettings, build_app
     from inference.serving.engine import Engine
 
-    if args.rule not in SERVED_RULES:
-        raise DeferralError(f"--rule {args.rule} cannot be served: choose one of {', '.join(SERVED_RULES)}")
+    check_flags(args)
     default = CascadeChoice(args.rule, args.alpha, args.threshold, args.deferral_rate)
     rules = RuleCache(pair, args.router)
     try:
         rules(default)  # a bad default (unknown router, unreachable rate) stops the server before it listens
+        if args.router:
+            rules(CascadeChoice("learned"))  # so does a router that cannot be loaded for this pair
     except RequestError as exc:
         raise DeferralError(exc.message) from None
     warn_alpha_outside_range(args.rule, args.alpha)
@@ -102,13 +117,9 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from deferral.pair import load_pair
-    from inference.config import DecodeConfig
 
     args = parse(build_parser(), argv)
-    DecodeConfig(draft_tokens=args.draft_tokens, temperature=args.temperature, top_p=args.top_p,
-                 max_new_tokens=args.max_new_tokens)  # the same checks as generate, before loading models
-    if args.batch_size < 1 or args.max_queue < 1:
-        raise DeferralError("--batch-size and --max-queue must be at least 1")
+    check_flags(args)
     pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     app, engine = make_server(args, pair)
     engine.start()

@@ -181,6 +181,20 @@ def test_bad_requests_get_400_naming_the_field(url, body, param, words):
     assert status == 200  # still serving
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--router", "/no/such/router"], "does not exist"),
+    (["--threshold", "0.3"], "--rule learned"),
+    (["--rule", "target"], "cannot be served"),
+    (["--max-queue", "0"], "at least 1"),
+])
+def test_server_flags_that_cannot_work_stop_it_before_it_listens(tiny_dir, flags, words, capsys):
+    from deferral.cli import main as deferral
+
+    rc = deferral(["serve", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
 def test_models_and_health(url):
     with urllib.request.urlopen(url + "/v1/models") as resp:
         models = json.loads(resp.read())
