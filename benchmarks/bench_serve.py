@@ -77,7 +77,8 @@ def main() -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "deferral.cli", "serve", "--port", str(port), "--device", args.device,
            "--router", args.router, "--batch-size", str(args.batch_size), "--max-queue", "256"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": path})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc)
