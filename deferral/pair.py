@@ -23,8 +23,6 @@ from deferral.errors import DeferralError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DRAFTER_ENV = "DEFERRAL_DEFAULT_DRAFTER"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DRAFTER_DIR = REPO_ROOT / "models" / "default-drafter"
 
 
 @dataclass
@@ -89,8 +87,11 @@ def default_drafter_source() -> str:
     override = os.environ.get(DRAFTER_ENV)
     if override:
         return override
-    if (DEFAULT_DRAFTER_DIR / "config.json").is_file():
-        return str(DEFAULT_DRAFTER_DIR)
+    from deferral.assets import asset_path
+
+    drafter = asset_path("models", "default-drafter")
+    if (drafter / "config.json").is_file():
+        return str(drafter)
     raise DeferralError(
         "no default drafter is installed: pass --drafter (a Hugging Face id, a local folder or a .gguf file "
         "sharing the target's tokenizer)"

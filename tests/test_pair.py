@@ -73,7 +73,9 @@ def test_dtype_and_device_choices(tiny_dir):
 
 def test_default_drafter_resolution(tmp_path, monkeypatch, tiny_dir):
     monkeypatch.delenv(pair_module.DRAFTER_ENV, raising=False)
-    monkeypatch.setattr(pair_module, "DEFAULT_DRAFTER_DIR", tmp_path / "absent")
+    import deferral.assets
+
+    monkeypatch.setattr(deferral.assets, "asset_roots", lambda: [tmp_path / "absent"])
     with pytest.raises(DeferralError, match="--drafter"):
         pair_module.default_drafter_source()
     monkeypatch.setenv(pair_module.DRAFTER_ENV, str(tiny_dir / "drafter"))

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from deferral.assets import asset_path
 from deferral.errors import DeferralError
 from deferral.outputs import check_output_folder, check_tracking_store
 from inference.generate import add_pair_arguments, parse
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5
 
 
@@ -37,7 +37,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--log-docs", type=int, default=24,
                         help="at most this many standard-library files logged for training (at least 3: split by file)")
     parser.add_argument("--log-positions", type=int, default=8000, help="at most this many token positions logged")
-    parser.add_argument("--router-config", type=str, default=str(REPO_ROOT / "configs" / "router.yaml"),
+    parser.add_argument("--router-config", type=str, default=str(asset_path("configs", "router.yaml")),
                         help="configuration of `deferral train fit`")
     parser.add_argument("--max-epochs", type=int, default=4, help="router training epochs")
     parser.add_argument("--task", type=str, default="humaneval", help="evaluation task (see deferral evaluate --help)")
