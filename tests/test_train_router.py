@@ -88,3 +88,19 @@ def test_tracking_none_trains_and_exports_without_a_store(trained, tmp_path):
     assert not (root / "checkpoints" / "mlflow_run_id").exists()
     assert list((root / "logs").rglob("metrics.csv"))  # metrics still land somewhere readable
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("mlruns"))
+
+
+def test_training_output_is_this_project_s_only(trained, tmp_path, capfd):
+    """No advertisements, hardware banners, MLflow INFO lines or library deprecations; the bar on
+    stderr counting epochs 1..max_epochs; stdout empty."""
+    base, log_dir = trained
+    capfd.readouterr()
+    rc = deferral(["train", "fit", "--config", CONFIG, "--data.path", str(log_dir), "--trainer.max_epochs", "2",
+                   "--trainer.default_root_dir", str(tmp_path / "run"), "--mlflow.tracking_uri", tracking_uri(tmp_path)])
+    assert rc == 0
+    out, err = capfd.readouterr()
+    assert out == ""
+    for noise in ("Tip:", "GPU available", "TPU available", "LeafSpec", " INFO ", "Creating it", "Seed set"):
+        assert noise not in err, noise
+    assert "Epoch 2/2" in err and "Epoch 3" not in err and "Epoch 0" not in err
+    assert err.rstrip().splitlines()[-1].startswith("best checkpoint")

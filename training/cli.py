@@ -20,12 +20,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from training import tracking
+from training.quiet import EpochProgressBar, quiet_third_party
 from training.checkpoints import (
     AtomicCheckpointIO,
     EpochCheckpoint,
@@ -119,6 +120,10 @@ class RouterCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        callbacks = list(kwargs.get("callbacks") or [])
+        bar_on = self._get(self.config_init, "trainer", default={}).get("enable_progress_bar") is not False
+        if bar_on and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, EpochProgressBar()]
         s: MLflowSettings = self._get(self.config_init, "mlflow")
         if not self.tracked:
             kwargs["logger"] = CSVLogger(save_dir=str(self.checkpoint_dir.parent), name="logs")
@@ -194,6 +199,7 @@ def main(argv: list[str]) -> int:
     # argv comes from the `deferral` entry point, not sys.argv; the checkpoint folder holds the run id.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    quiet_third_party()
     RouterCLI(
         RouterModule,
         FeatureDataModule,

@@ -18,6 +18,7 @@ import sys
 import lightning as L
 import numpy as np
 import torch
+from tqdm import tqdm
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 
 from deferral.errors import DeferralError
@@ -154,9 +155,9 @@ class RouterModule(L.LightningModule):
         if stage not in self._undefined_warned:
             self._undefined_warned.add(stage)
             which = "deferral-needed" if positives else "not deferral-needed"
-            print(f"warning: {stage} AUROC is undefined: all {len(y)} {stage} positions are {which} under target "
-                  f"'{self.hparams.target}' (it needs both classes); reported as nan: log more documents or choose "
-                  "another data.target", file=sys.stderr)
+            tqdm.write(f"warning: {stage} AUROC is undefined: all {len(y)} {stage} positions are {which} under target "
+                       f"'{self.hparams.target}' (it needs both classes); reported as nan: log more documents or choose "
+                       "another data.target", file=sys.stderr)  # on its own line, above any progress bar
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
