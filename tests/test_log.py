@@ -259,3 +259,20 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
         np.testing.assert_array_equal(a[column], b[column], err_msg=column)
     progress = json.loads((killed / "progress.json").read_text())
     assert progress["complete"] and progress["shards"] == 15
+
+
+def test_the_bar_ends_at_the_position_budget(tiny_dir, tmp_path, capfd):
+    """The last chunk decodes past --max-positions and is cut when written; the bar stops at the
+    budget instead of turning into a bare counter."""
+    import re
+
+    from tests.router_helpers import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    capfd.readouterr()
+    assert cli_main(["log", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                     "--data", str(corpus), "--out", str(tmp_path / "log"), "--max-positions", "700",
+                     "--no-tracking"]) == 0
+    err = capfd.readouterr().err
+    assert "700/700" in err
+    assert not re.search(r"\d+pos \[", err)  # tqdm's counter form, shown once n passes total

@@ -98,6 +98,14 @@ def log_config(args) -> LogConfig:
     return cfg
 
 
+def capped_update(bar):
+    """bar.update that stops at the bar's total: the last chunk decodes past the position budget
+    and is cut when written, and a bar past its total turns into a bare counter."""
+    def update(n: int) -> None:
+        bar.update(max(0, min(n, bar.total - bar.n)) if bar.total else n)
+    return update
+
+
 @dataclass
 class LogJob:
     """Everything that decides the rows of an output folder, and the loop that fills it."""
@@ -199,7 +207,7 @@ class LogJob:
                 bar.update(rows_done)
             return True
         remaining = None if budget is None else budget - tally.logged
-        rows = log_chunk(pair, docs, self.cfg, progress=bar.update if bar is not None else None, max_rows=remaining)
+        rows = log_chunk(pair, docs, self.cfg, progress=capped_update(bar) if bar is not None else None, max_rows=remaining)
         table = fmt.arrow_table(rows, feature_spec(pair, self.cfg.hidden, self.cfg.mode).dim)
         fmt.write_shard(fmt.shard_path(self.out, rank, chunk), table)
         tally.logged += table.num_rows
@@ -209,6 +217,7 @@ class LogJob:
         fmt.write_json_atomic(fmt.shard_path(self.out, rank, 0).parent / "progress.json",
                               {"rank": rank, "shards_this_run": tally.shards, "positions": tally.logged})
         if bar is not None:
+            bar.n = tally.logged  # what the shards hold: a chunk cut at the budget logged fewer than it decoded
             bar.set_postfix(docs=tally.docs, shard=chunk)
             self._estimate_total(bar, tally)
         return True
