@@ -30,6 +30,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--threshold", type=float | None, default=None, help="learned rule: default threshold")
     parser.add_argument("--deferral-rate", type=float | None, default=None, help="learned rule: default deferral rate")
     add_decode_arguments(parser)
+    # a server batches requests that arrive together (generate's default of 1 would decode them one by one)
+    parser.set_defaults(batch_size=16)
     parser.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
     parser.add_argument("--max-queue", type=int, default=64,
