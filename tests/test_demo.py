@@ -1,0 +1,39 @@
+"""`deferral demo` end to end on the tiny pair (every step a real `deferral` process), and the note
+it prints about what its quality column can resolve."""
+
+from __future__ import annotations
+
+from deferral.cli import main as cli
+from training.demo import quality_resolution
+
+
+def rows(target: float, drafter: float) -> list[dict]:
+    return [{"rule": "target", "quality": target}, {"rule": "drafter", "quality": drafter},
+            {"rule": "token-v3", "quality": 0.5}]
+
+
+def test_quality_resolution_says_when_the_column_separates_nothing():
+    assert "cannot separate the rules" in quality_resolution(rows(0.0, 0.0), 5)  # pass@1 that nobody passes
+    assert "cannot separate" in quality_resolution(rows(0.24, 0.23), 40)  # 0.01 < 1/40
+    note = quality_resolution(rows(0.233, 0.188), 40)
+    assert "0.025" in note and "0.045" in note and "cannot" not in note
+
+
+def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny_dir, tmp_path, capsys):
+    import json
+
+    task = tmp_path / "continuations.jsonl"  # prompts short enough for the tiny models' 256-token context
+    task.write_text("".join(json.dumps({"prompt": f"def f{i}(x):", "reference": "\n    return x"}) + "\n"
+                            for i in range(4)))
+    rc = cli(["demo", "--task", f"hf:{task}", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+              "--workdir", str(tmp_path / "demo"), "--log-docs", "4", "--log-positions", "40000", "--max-epochs", "1",
+              "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4",
+              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    table = [line for line in captured.out.splitlines() if line.startswith("| ")]
+    rules = {line.split("|")[1].strip() for line in table[1:]}
+    assert {"target", "drafter", "speculative", "token-v3", "learned"} <= rules
+    assert "learned (shipped)" not in rules  # made for the default pair only
+    assert "shipped router skipped" in captured.err
+    assert "one example moves" in captured.out or "cannot separate" in captured.out
