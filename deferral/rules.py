@@ -257,7 +257,7 @@ class Learned(DeferralRule):
         scorer: Scorer,
         threshold: float,
         alpha: float = 0.0,
-        candidates: int = 4,
+        candidates: int = 1,
         feature_spec: FeatureSpec | None = None,
     ):
         super().__init__(alpha)

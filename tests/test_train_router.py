@@ -66,6 +66,23 @@ def test_print_config_shows_resolved_settings(capsys):
     assert "path: somewhere" in out and "objective: regress" in out and "target: gap01" in out and "tracking_uri:" in out
 
 
+def test_code_defaults_equal_the_shipped_config(capsys):
+    """configs/router.yaml documents the defaults; training without it gives the same settings."""
+    import yaml
+
+    def resolved(*flags):
+        with pytest.raises(SystemExit):
+            deferral(["train", "fit", *flags, "--data.path", "x", "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)
+
+    with_file, without = resolved("--config", CONFIG), resolved()
+    for section in ("model", "data", "checkpoint", "early_stopping"):
+        for key, value in with_file[section].items():
+            if section == "data" and key == "path":
+                continue
+            assert without[section][key] == value, f"{section}.{key}: code {without[section][key]!r} vs YAML {value!r}"
+
+
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
     rc = deferral(["train", "fit", "--config", CONFIG, "--data.path", str(tmp_path / "nope"),
                    "--trainer.default_root_dir", str(tmp_path / "run"),

@@ -67,8 +67,8 @@ class RouterCLI(LightningCLI):
         parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/auroc",
-                "checkpoint.mode": "max",
+                "checkpoint.monitor": "val/loss",  # the objective's own loss on held-out documents
+                "checkpoint.mode": "min",
                 "checkpoint.filename": "best",
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
@@ -76,7 +76,8 @@ class RouterCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
-            {"early_stopping.monitor": "val/auroc", "early_stopping.mode": "max", "early_stopping.patience": 3}
+            {"early_stopping.monitor": "val/loss", "early_stopping.mode": "min", "early_stopping.patience": 2,
+             "early_stopping.min_delta": 0.0005}
         )
         parser.link_arguments("data.num_features", "model.num_features", apply_on="instantiate")
         parser.link_arguments("data.target", "model.target", apply_on="parse")

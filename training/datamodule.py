@@ -43,6 +43,7 @@ _HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": l
                    "label_ref_gain": lambda v: -v}
 CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change", "ref_harm")
 SPLITS = ("train", "val", "test")
+DEFAULT_TARGET = "gap01"  # the router's label unless data.target says otherwise (configs/router.yaml agrees)
 FEATURE_CHOICES = ("all", "no-hidden")
 
 
@@ -215,7 +216,7 @@ class FeatureDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str = "logs/stdlib",
-        target: str = "gap_nll",
+        target: str = DEFAULT_TARGET,
         batch_size: int = 8192,
         eval_batch_size: int = 65536,
         val_fraction: float = 0.1,

@@ -19,6 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.errors import DeferralError
 from deferral.router import Router, RouterConfig, save_router
 from deferral.calibration import threshold_for_rate
+from training.module import DEFAULT_DEFERRAL_RATE
 
 CHECKPOINT_KEY = "deferral"  # = training.module.CHECKPOINT_KEY (not imported: keeps lightning out)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -71,7 +72,7 @@ def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = No
         raise DeferralError("the checkpoint lacks the logged data's feature spec and pair: train again with this version")
     calibration = extra.get("calibration")
     if hp["objective"] == "classify" and calibration:
-        default_threshold = threshold_for_rate(calibration, float(hp.get("default_deferral_rate", 0.3)))
+        default_threshold = threshold_for_rate(calibration, float(hp.get("default_deferral_rate", DEFAULT_DEFERRAL_RATE)))
     else:
         default_threshold = 0.0 if hp["objective"] == "regress" else 0.5
     data = extra.get("data") or {}
@@ -83,7 +84,7 @@ def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = No
         "alpha": float(hp.get("alpha", 0.0)),
         "candidates": int(hp.get("candidates", 1)),
         "default_threshold": float(default_threshold),
-        "default_deferral_rate": float(hp.get("default_deferral_rate", 0.3)),
+        "default_deferral_rate": float(hp.get("default_deferral_rate", DEFAULT_DEFERRAL_RATE)),
         "calibration": calibration,
         "metrics": {"val": extra.get("val_metrics") or {}, "test": test_metrics or {}},
         "data": data,

@@ -23,9 +23,13 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 
 from deferral.errors import DeferralError
 from deferral.router import OBJECTIVES, Router, RouterConfig
+from training.datamodule import DEFAULT_TARGET
 from deferral.calibration import build_table
 
 CHECKPOINT_KEY = "deferral"  # our extra state inside Lightning checkpoints
+
+
+DEFAULT_DEFERRAL_RATE = 0.3  # the export's default threshold gives this deferral rate on held-out data
 
 
 class RouterModule(L.LightningModule):
@@ -45,9 +49,9 @@ class RouterModule(L.LightningModule):
     def __init__(
         self,
         num_features: int = 0,
-        target: str = "gap_nll",
-        objective: str = "classify",
-        hidden: int = 128,
+        target: str = DEFAULT_TARGET,
+        objective: str = "regress",
+        hidden: int = 64,
         layers: int = 2,
         residual: bool = True,
         dropout: float = 0.0,
@@ -57,7 +61,7 @@ class RouterModule(L.LightningModule):
         huber_delta: float = 1.0,
         alpha: float = 0.0,
         candidates: int = 1,
-        default_deferral_rate: float = 0.3,
+        default_deferral_rate: float = DEFAULT_DEFERRAL_RATE,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
