@@ -58,8 +58,9 @@ def build_parser() -> ArgumentParser:
                         help=f"append last hidden states to the features: {', '.join(HIDDEN_CHOICES)}")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="on-policy/cascade: prompt length (tokens) taken from each document")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy/cascade: tokens generated per prompt")
-    parser.add_argument("--generator", type=str, default="target",
-                        help="on-policy: who writes continuations: target, or a cascade rule (speculative, chow, opt, ...)")
+    parser.add_argument("--generator", type=str | None, default=None,
+                        help="on-policy/cascade: who writes continuations: target, or a cascade rule (speculative, "
+                             "chow, opt, ...); default: target on-policy, speculative in cascade mode")
     parser.add_argument("--alpha", type=float | None, default=None, help="on-policy: the knob of a cascade generator")
     parser.add_argument("--temperature", type=float, default=0.0, help="on-policy: sampling temperature (0 = greedy)")
     parser.add_argument("--draft-tokens", type=int, default=5, help="on-policy: tokens drafted per step by a cascade")
@@ -83,7 +84,8 @@ def build_parser() -> ArgumentParser:
 def log_config(args) -> LogConfig:
     cfg = LogConfig(
         max_len=args.max_len, batch_size=args.batch_size, hidden=args.hidden, mode=args.mode,
-        prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens, generator=args.generator,
+        prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens,
+        generator=args.generator or ("speculative" if args.mode == "cascade" else "target"),
         alpha=args.alpha, temperature=args.temperature, draft_tokens=args.draft_tokens, seed=args.seed,
         horizon=args.horizon, rollout_batch_size=args.rollout_batch_size,
     )
