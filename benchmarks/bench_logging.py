@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deferral.pair import load_pair  # noqa: E402
-from training import logged_data as fmt  # noqa: E402
-from training.corpora import open_corpus  # noqa: E402
-from training.log_pipeline import (  # noqa: E402
+from training.logs import logged_data as fmt  # noqa: E402
+from training.logs.corpora import open_corpus  # noqa: E402
+from training.logs.log_pipeline import (  # noqa: E402
     LogConfig,
     _batches,
     effective_max_len,

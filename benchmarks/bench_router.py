@@ -35,15 +35,15 @@ PROMPTS = [
 
 def save_npz(log: str, out: str) -> None:
     """A logged dataset's columns as one .npz (to carry the data to a machine without `datasets`)."""
-    from training.datamodule import read_arrays
+    from training.router.datamodule import read_arrays
 
     arrays = read_arrays(log)
     np.savez(out, features=arrays.features, meta=json.dumps(arrays.meta), **arrays.columns)
 
 
 def load_arrays(data: str):
-    """A `deferral log` folder or an .npz from `npz` -> training.datamodule.LoggedArrays."""
-    from training.datamodule import LoggedArrays, read_arrays
+    """A `deferral log` folder or an .npz from `npz` -> training.router.datamodule.LoggedArrays."""
+    from training.router.datamodule import LoggedArrays, read_arrays
 
     if not data.endswith(".npz"):
         return read_arrays(data)
@@ -54,7 +54,7 @@ def load_arrays(data: str):
 
 def replicate(arrays, rows: int):
     """Tile the positions up to >= rows; each copy of a document gets a new doc id."""
-    from training.datamodule import LoggedArrays
+    from training.router.datamodule import LoggedArrays
 
     n = len(arrays)
     copies = -(-rows // n)
@@ -72,8 +72,8 @@ def bench_train(args) -> dict:
     import yaml
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from training.datamodule import FeatureDataModule
-    from training.module import RouterModule
+    from training.router.datamodule import FeatureDataModule
+    from training.router.module import RouterModule
 
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())

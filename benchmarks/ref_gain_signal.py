@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("log", help="a `deferral log --mode cascade` folder")
     args = parser.parse_args()
     from deferral.features import FeatureSpec
-    from training.datamodule import read_arrays
+    from training.router.datamodule import read_arrays
 
     arrays = read_arrays(args.log)
     names = FeatureSpec.from_dict(arrays.meta["feature_spec"]).names

@@ -13,13 +13,13 @@ from deferral.errors import DeferralError
 
 SUBCOMMANDS = {
     "generate": ("inference.generate", "decode prompts with a speculative cascade under any rule"),
-    "log": ("training.log_cli", "log drafter/target distributions over a corpus as features and labels"),
-    "train": ("training.cli", "train the router (LightningCLI: fit/validate/test)"),
-    "baselines": ("training.baselines_cli", "logistic regression and the paper's rules on the router's splits"),
-    "export": ("training.export", "turn a training checkpoint or MLflow run into a router export folder"),
+    "log": ("training.logs.log_cli", "log drafter/target distributions over a corpus as features and labels"),
+    "train": ("training.router.cli", "train the router (LightningCLI: fit/validate/test)"),
+    "baselines": ("training.router.baselines_cli", "logistic regression and the paper's rules on the router's splits"),
+    "export": ("training.router.export", "turn a training checkpoint or MLflow run into a router export folder"),
     "serve": ("inference.serve_cli", "an OpenAI-compatible HTTP server decoding with speculative cascades"),
     "evaluate": ("inference.evaluate_cli", "sweep every rule's knob on a task: cost-quality tables and plots"),
-    "distill": ("training.distill_cli", "distil a small drafter for a target"),
+    "distill": ("training.distill.distill_cli", "distil a small drafter for a target"),
     "demo": ("training.demo", "the whole pipeline end to end on the embedded default pair"),
 }
 

@@ -1,6 +1,6 @@
 """The Python standard library split into a training and a held-out part, by file path.
 
-Logging (training/corpora.py: the `stdlib`, `stdlib-docs`, `instructions` and `mixed` corpora) and
+Logging (training/logs/corpora.py: the `stdlib`, `stdlib-docs`, `instructions` and `mixed` corpora) and
 evaluation (inference/tasks/stdlib_continuation.py) both read it, so a held-out file is held out
 everywhere, on every Python version (the split hashes paths relative to the standard library root).
 """

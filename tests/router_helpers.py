@@ -73,7 +73,7 @@ def write_synthetic_log(out: Path, docs: int = 30, per_doc: int = 200, vocab: in
 
     from deferral.features import FeatureSpec, compute_features
     from deferral.labels import compute_labels
-    from training import logged_data as fmt
+    from training.logs import logged_data as fmt
 
     g = torch.Generator().manual_seed(seed)
     n = docs * per_doc

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deferral.errors import DeferralError
-from training.corpora import (
+from training.logs.corpora import (
     is_heldout,
     open_corpus,
     parse_hf_spec,
@@ -126,8 +126,8 @@ EVAL_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 
 def test_stdlib_docs_are_deterministic_disjoint_prose():
-    from training import prose_corpora as pc
-    from training.prose_corpora import DOCSTRING_MIN_CHARS, PROSE_MIN_WORD_SHARE, pydoc_topics, stdlib_docs, word_share
+    from training.logs import prose_corpora as pc
+    from training.logs.prose_corpora import DOCSTRING_MIN_CHARS, PROSE_MIN_WORD_SHARE, pydoc_topics, stdlib_docs, word_share
 
     train, heldout, everything = stdlib_docs("train"), stdlib_docs("heldout"), stdlib_docs("all")
     # Same spec, same documents in the same order: a fresh read of the files (past the in-process
@@ -158,8 +158,8 @@ def test_stdlib_docs_are_deterministic_disjoint_prose():
 
 
 def test_instructions_are_deterministic_short_and_disjoint():
-    from training import prose_corpora as pc
-    from training.prose_corpora import instructions
+    from training.logs import prose_corpora as pc
+    from training.logs.prose_corpora import instructions
 
     train, heldout = instructions("train"), instructions("heldout")
     root = str(stdlib_root())
@@ -215,7 +215,7 @@ def test_eval_files_load_as_hf_task():
 
 
 def test_eval_prompts_are_not_training_prose():
-    from training.prose_corpora import stdlib_docs
+    from training.logs.prose_corpora import stdlib_docs
 
     docs = stdlib_docs("all")
     lines = {ln.strip() for d in docs for ln in d.split("\n") if len(ln.strip()) >= 40}

@@ -135,7 +135,7 @@ def test_clear_errors(tiny_dir, tmp_path, capsys):
 
 
 def test_distill_loss_is_zero_for_identical_logits_and_topk_matches_full_on_peaked():
-    from training.distill_module import distill_loss
+    from training.distill.distill_module import distill_loss
 
     torch.manual_seed(0)
     logits = torch.randn(10, 50)
@@ -150,7 +150,7 @@ def test_distill_loss_is_zero_for_identical_logits_and_topk_matches_full_on_peak
 
 
 def test_pack_blocks_and_split():
-    from training.distill_data import Document, pack_blocks, split_documents
+    from training.distill.distill_data import Document, pack_blocks, split_documents
 
     blocks = pack_blocks([[1, 2, 3], [4, 5]], block=3, separator=0)
     assert blocks.tolist() == [[1, 2, 3], [0, 4, 5]]  # the trailing separator does not fill a row
@@ -162,7 +162,7 @@ def test_pack_blocks_and_split():
 def test_resumable_shuffle_continues_the_same_stream():
     from itertools import islice
 
-    from training.distill_module import ResumableShuffle
+    from training.distill.distill_module import ResumableShuffle
 
     full = list(islice(iter(ResumableShuffle(10, seed=5)), 35))  # three and a half passes
     assert sorted(full[:10]) == list(range(10)) and full[:10] != full[10:20]  # a new order per pass

@@ -10,8 +10,8 @@ import torch
 from deferral.cli import main as deferral
 from deferral.router import load_router
 from tests.router_helpers import trained_tiny_router, tracking_uri
-from training.export import read_checkpoint, router_from_checkpoint
-from training.logged_data import read_meta
+from training.router.export import read_checkpoint, router_from_checkpoint
+from training.logs.logged_data import read_meta
 
 
 @pytest.fixture(scope="module")

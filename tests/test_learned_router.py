@@ -15,7 +15,7 @@ from deferral.router import load_router
 from inference.learned import load_learned_rule
 from tests.router_helpers import export_tiny_router
 from deferral.calibration import deferral_rate, threshold_for_rate
-from training.datamodule import FeatureDataModule
+from training.router.datamodule import FeatureDataModule
 
 
 @pytest.fixture(scope="module")

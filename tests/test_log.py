@@ -19,10 +19,10 @@ from deferral.cli import main as cli_main
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
 from deferral.labels import compute_labels
-from training import logged_data as fmt
-from training.corpora import open_corpus
-from training.log_cli import main as log_main
-from training.log_pipeline import make_windows, rows_from_logits
+from training.logs import logged_data as fmt
+from training.logs.corpora import open_corpus
+from training.logs.log_cli import main as log_main
+from training.logs.log_pipeline import make_windows, rows_from_logits
 
 WORDS = "the quick brown fox jumps over a lazy dog while def return import class if else".split()
 

@@ -13,10 +13,10 @@ from inference.config import DecodeConfig
 from inference.runner import run
 from inference.tasks.text_metrics import chrf
 from tests.test_log import arrays, log_args, write_corpus
-from training import logged_data as fmt
-from training.cascade_log import cut_prompt
-from training.mixed_corpus import chat_document
-from training.log_cli import main as log_main
+from training.logs import logged_data as fmt
+from training.logs.cascade_log import cut_prompt
+from training.logs.mixed_corpus import chat_document
+from training.logs.log_cli import main as log_main
 
 PROMPT, NEW, K, HORIZON = 12, 14, 4, 6
 
@@ -36,7 +36,7 @@ def cascade_log(tiny_dir, tmp_path_factory):
 def _contexts(tiny_pair, corpus, a, rows):
     """Rebuild each row's context: the prompt plus the tokens before the drafted position, read back
     from the greedy target text (lossless speculative decoding writes exactly that)."""
-    from training.corpora import open_corpus
+    from training.logs.corpora import open_corpus
 
     docs = list(open_corpus(str(corpus)).documents())
     out = []
@@ -118,7 +118,7 @@ def test_features_equal_the_decode_loops(cascade_log, tiny_pair):
 def test_reference_gain_compares_both_rollouts_with_the_documents_next_lines(tiny_dir, tiny_pair, tmp_path):
     """Documents of several lines: the prompt is cut at a line, the next lines are the reference, and
     label_ref_gain = chrF(generated + drafted + roll-out, ref) - chrF(generated + target's + roll-out, ref)."""
-    from training.cascade_log import cut_document
+    from training.logs.cascade_log import cut_document
 
     lines = ["alpha beta gamma", "delta epsilon", "zeta eta theta", "iota kappa", "lambda mu nu", "xi omicron pi"]
     corpus = tmp_path / "lines.jsonl"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tests.test_log import arrays, log_args, write_corpus
-from training import logged_data as fmt
-from training.log_cli import main as log_main
+from training.logs import logged_data as fmt
+from training.logs.log_cli import main as log_main
 
 
 def test_compiled_rows_match_eager_rows(tiny_dir, tmp_path):
@@ -25,7 +25,7 @@ def test_compile_choice():
     import pytest
 
     from deferral.errors import DeferralError
-    from training.log_pipeline import should_compile
+    from training.logs.log_pipeline import should_compile
 
     assert should_compile("auto", 49152) and not should_compile("auto", 99)
     assert should_compile("on", 99) and not should_compile("off", 49152)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 
 from tests.test_log import arrays, log_args, write_corpus
-from training import logged_data as fmt
-from training.log_cli import main as log_main
+from training.logs import logged_data as fmt
+from training.logs.log_cli import main as log_main
 
 
 def test_two_processes_write_one_shard_set_each_and_merge_to_the_single_process_rows(tiny_dir, tmp_path):

@@ -12,9 +12,9 @@ from deferral.rules import make_rule
 from inference.config import DecodeConfig
 from inference.runner import run
 from tests.test_log import arrays, log_args, write_corpus
-from training import logged_data as fmt
-from training.corpora import open_corpus
-from training.log_cli import main as log_main
+from training.logs import logged_data as fmt
+from training.logs.corpora import open_corpus
+from training.logs.log_cli import main as log_main
 
 PROMPT, NEW = 8, 10
 

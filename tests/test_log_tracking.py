@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.test_log import log_args, write_corpus
-from training import logged_data as fmt
-from training.log_cli import main as log_main
+from training.logs import logged_data as fmt
+from training.logs.log_cli import main as log_main
 
 
 def test_run_is_tracked(tiny_dir, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ installed command finds the default drafter, the default router and the configs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_a_wheel_install_finds_its_assets_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
+    had_build = (ROOT / "build").exists()
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(wheels), str(ROOT)], check=True, capture_output=True)
+    finally:
+        if not had_build:  # setuptools builds in the source tree: leave the checkout as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     venv = tmp_path / "venv"
     # the venv sees this interpreter's packages (torch, transformers, ...) but gets its own `deferral`
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)

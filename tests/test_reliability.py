@@ -139,7 +139,7 @@ def test_checkpoints_are_written_aside_and_renamed(tmp_path, monkeypatch):
     """A write killed half-way leaves the previous checkpoint whole."""
     from lightning.fabric.plugins.io import torch_io
 
-    from training.checkpoints import AtomicCheckpointIO
+    from training.router.checkpoints import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
@@ -280,7 +280,7 @@ def test_baselines_refuse_a_router_of_another_pair_and_bad_fractions(tiny_pair, 
 
 
 def test_undefined_auroc_is_nan_with_a_warning(capsys):
-    from training.module import RouterModule
+    from training.router.module import RouterModule
 
     module = RouterModule(num_features=3, target="gap01", objective="classify")
     n = 16
@@ -296,7 +296,7 @@ def test_undefined_auroc_is_nan_with_a_warning(capsys):
 
 
 def test_training_on_an_unfinished_log_warns(tmp_path, capsys):
-    from training.datamodule import FeatureDataModule
+    from training.router.datamodule import FeatureDataModule
 
     log = write_synthetic_log(tmp_path / "log", docs=6, per_doc=20)  # shards, but no progress.json
     FeatureDataModule(path=str(log), target="gap01").setup()

@@ -11,7 +11,7 @@ from inference.tasks.hf_dataset import HFDataset
 from inference.tasks.humaneval import HumanEval, check_reply, extract_code, program_for, truncate_body
 from inference.tasks.sandbox import run_program
 from inference.tasks.stdlib_continuation import StdlibContinuation, cut_examples
-from training.corpora import is_heldout
+from training.logs.corpora import is_heldout
 from inference.tasks.text_metrics import chrf, exact_first_line, lcs_length, reference_metrics, rouge_l
 
 

@@ -10,7 +10,7 @@ import torch
 
 from deferral.cli import main as deferral
 from deferral.features import FeatureSpec, compute_features
-from training.baselines import greedy_gain_table, markdown_table, rule_scores, score_table
+from training.router.baselines import greedy_gain_table, markdown_table, rule_scores, score_table
 from tests.router_helpers import write_synthetic_log
 
 

@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from training import tracking
 from training.quiet import EpochProgressBar, quiet_third_party
-from training.checkpoints import (
+from training.router.checkpoints import (
     AtomicCheckpointIO,
     EpochCheckpoint,
     check_resume,
@@ -36,8 +36,8 @@ from training.checkpoints import (
     read_checkpoint,
     write_fingerprint,
 )
-from training.datamodule import FeatureDataModule
-from training.module import RouterModule
+from training.router.datamodule import FeatureDataModule
+from training.router.module import RouterModule
 
 
 @dataclass
@@ -167,7 +167,7 @@ class RouterCLI(LightningCLI):
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         test_metrics = {k[len("test/") :]: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
 
-        from training.export import export_checkpoint
+        from training.router.export import export_checkpoint
 
         if self.export_dir.exists():
             shutil.rmtree(self.export_dir)

@@ -23,7 +23,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 
 from deferral.errors import DeferralError
 from deferral.router import OBJECTIVES, Router, RouterConfig
-from training.datamodule import DEFAULT_TARGET
+from training.router.datamodule import DEFAULT_TARGET
 from deferral.calibration import build_table
 
 CHECKPOINT_KEY = "deferral"  # our extra state inside Lightning checkpoints

@@ -3,8 +3,8 @@
 Specs (see docs/logging.md):
     stdlib[:train|heldout|all]    the running Python's standard-library .py files, split by file
     stdlib-docs[:PART]            English prose of that part: long docstrings, plus the language-reference
-                                  topics of pydoc_data (train part); see training/prose_corpora.py
-    instructions[:PART]           short chat instructions built from that part (training/prose_corpora.py)
+                                  topics of pydoc_data (train part); see training/logs/prose_corpora.py
+    instructions[:PART]           short chat instructions built from that part (training/logs/prose_corpora.py)
     PATH.txt                      documents separated by blank lines (--txt-docs paragraph|line|file)
     PATH.jsonl                    one JSON object per line, text in --text-column
     PATH.parquet                  text in --text-column
@@ -249,11 +249,11 @@ def open_corpus(spec: str, text_column: str = "text", txt_docs: str = "paragraph
         extra = {"part": part, "heldout_percent": STDLIB_HELDOUT_PERCENT, "python": sys.version.split()[0]}
         return _many_files_corpus("stdlib", spec, files, stdlib_root(), _read_text_once, extra)
     if head in ("stdlib-docs", "instructions") and not Path(spec).exists():
-        from training.prose_corpora import open_prose_corpus  # imports this module
+        from training.logs.prose_corpora import open_prose_corpus  # imports this module
 
         return open_prose_corpus(head, spec, part or "train")
     if head == "mixed" and not Path(spec).exists():
-        from training.mixed_corpus import open_mixed_corpus  # imports this module
+        from training.logs.mixed_corpus import open_mixed_corpus  # imports this module
 
         return open_mixed_corpus(part or "train")
     if _is_saved_dataset(Path(head)):

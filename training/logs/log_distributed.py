@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, IterableDataset
 import lightning as L
 
 from deferral.pair import Pair, load_pair
-from training.log_cli import LogJob, lock_out, make_job, require_documents, track
-from training.log_pipeline import feature_spec
+from training.logs.log_cli import LogJob, lock_out, make_job, require_documents, track
+from training.logs.log_pipeline import feature_spec
 
 
 class RankChunks(IterableDataset):

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from deferral.errors import DeferralError
-from training.export import load_checkpoint_file
+from training.router.export import load_checkpoint_file
 
 FINGERPRINT_FILE = "fingerprint.json"
 LOG_KEY = "data.log"  # sha256 of the logged folder's meta.json and run.json

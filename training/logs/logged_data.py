@@ -30,7 +30,7 @@ import pyarrow as pa
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.labels import LABEL_DEFINITIONS
-from training.consequence import CONSEQUENCE_LABELS
+from training.logs.consequence import CONSEQUENCE_LABELS
 
 FORMAT = "deferral-log"
 FORMAT_VERSION = 1

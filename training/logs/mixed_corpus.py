@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from itertools import zip_longest
 
-from training.corpora import Corpus
+from training.logs.corpora import Corpus
 
 CHAT_MARKER = "\x1echat\x1e"  # a document starting with this is an instruction for the chat template
 MIX_SOURCES = (("stdlib", False), ("stdlib-docs", False), ("instructions", True))
@@ -31,7 +31,7 @@ def strip_chat_marker(text: str) -> str:
 
 
 def open_mixed_corpus(part: str) -> Corpus:
-    from training.corpora import open_corpus
+    from training.logs.corpora import open_corpus
 
     sources = [(open_corpus(f"{name}:{part}"), chat) for name, chat in MIX_SOURCES]
 

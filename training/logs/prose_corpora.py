@@ -1,7 +1,7 @@
 """English prose and chat instructions built from the standard library, split like the `stdlib` corpus.
 
 Two corpus specs (see docs/logging.md), each with a part `train` (default), `heldout` or `all` that uses
-the same file split as `stdlib` (`training.corpora.is_heldout`, by a hash of the file's path):
+the same file split as `stdlib` (`training.logs.corpora.is_heldout`, by a hash of the file's path):
 
     stdlib-docs[:PART]     docstrings of the part's files (modules, classes, functions; at least
                            DOCSTRING_MIN_CHARS characters, dedented by `inspect.cleandoc`, mostly words),
@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from deferral.errors import DeferralError
-from training.corpora import STDLIB_HELDOUT_PERCENT, STDLIB_PARTS, Corpus, is_heldout, stdlib_files, stdlib_root
+from training.logs.corpora import STDLIB_HELDOUT_PERCENT, STDLIB_PARTS, Corpus, is_heldout, stdlib_files, stdlib_root
 
 PROSE_SPECS = ("stdlib-docs", "instructions")
 DOCSTRING_MIN_CHARS = 300

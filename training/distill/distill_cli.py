@@ -113,7 +113,7 @@ def _separator(tokenizer) -> int:
 
 def prepare_corpus(args, tokenizer, path: Path) -> dict:
     """Stage 1, cached in `path`: token blocks per split and kind, and chat prompts."""
-    from training.distill_data import chat_prompts, pack_blocks, read_documents, resolve_roots, split_documents, tokenize
+    from training.distill.distill_data import chat_prompts, pack_blocks, read_documents, resolve_roots, split_documents, tokenize
 
     if path.is_file():
         return torch.load(path, weights_only=True)
@@ -146,8 +146,8 @@ def prepare_corpus(args, tokenizer, path: Path) -> dict:
 
 def prepare_onpolicy(args, target, corpus: dict, path: Path) -> dict:
     """Stage 2, cached in `path`: blocks of the target's own continuations (train and held-out chat)."""
-    from training.distill_data import pack_blocks, raw_prefixes
-    from training.distill_onpolicy import chat_encode, continuations
+    from training.distill.distill_data import pack_blocks, raw_prefixes
+    from training.distill.distill_onpolicy import chat_encode, continuations
 
     if path.is_file():
         return torch.load(path, weights_only=True)
@@ -195,7 +195,7 @@ def mix_blocks(parts: dict[str, torch.Tensor], factors: dict[str, float], seed: 
 def build_student(args, target):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from training.distill_export import student_config
+    from training.distill.distill_export import student_config
 
     if args.init:
         return AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
@@ -251,10 +251,10 @@ def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
         def load_state_dict(self, state_dict) -> None:
             pass
 
-    from training.distill_eval import agreement
-    from training.distill_export import export_drafter
-    from training.distill_module import BlockDataModule, DistillModule
-    from training.distill_tracking import make_loggers
+    from training.distill.distill_eval import agreement
+    from training.distill.distill_export import export_drafter
+    from training.distill.distill_module import BlockDataModule, DistillModule
+    from training.distill.distill_tracking import make_loggers
 
     vocab = int(target.model.get_output_embeddings().weight.shape[0])
     student = build_student(args, target)
@@ -311,8 +311,8 @@ def fit_and_report(args, argv, target, corpus, onpolicy, run: Path) -> dict:
 
 def measure(args, run: Path) -> dict:
     from deferral.pair import load_pair
-    from training.distill_cost import relative_cost
-    from training.distill_eval import agreement
+    from training.distill.distill_cost import relative_cost
+    from training.distill.distill_eval import agreement
 
     if not args.drafter:
         raise DeferralError("--measure-only needs --drafter DIR (the drafter to measure)")
@@ -334,7 +334,7 @@ def main(argv: list[str]) -> int:
     _STARTED = time.time()
     args = parse(build_parser(), argv)
     if args.log_run:
-        from training.distill_tracking import log_run
+        from training.distill.distill_tracking import log_run
 
         print(json.dumps({"mlflow_run_id": log_run(args.log_run, args.tracking_uri, args.experiment)}))
         return 0

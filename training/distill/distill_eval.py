@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from training.distill_module import distill_loss
+from training.distill.distill_module import distill_loss
 
 
 @torch.inference_mode()

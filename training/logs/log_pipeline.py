@@ -21,8 +21,8 @@ from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
 from deferral.labels import labels_with_features
 from deferral.pair import Pair
-from training.consequence import CONSEQUENCE_LABELS
-from training.mixed_corpus import strip_chat_marker
+from training.logs.consequence import CONSEQUENCE_LABELS
+from training.logs.mixed_corpus import strip_chat_marker
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
 MODES = ("reference", "on-policy", "cascade")
@@ -279,7 +279,7 @@ def log_chunk(
     keeps only the first rows in document order, and skips scoring the windows beyond them.
     """
     if cfg.mode == "cascade":
-        from training.cascade_log import cascade_chunk
+        from training.logs.cascade_log import cascade_chunk
 
         rows = cascade_chunk(pair, documents, cfg, feature_spec(pair, cfg.hidden, cfg.mode), progress)
         if rows is None:
@@ -309,7 +309,7 @@ def log_chunk(
 
 
 def empty_rows(feature_dim: int) -> dict[str, np.ndarray]:
-    from training.logged_data import COLUMNS
+    from training.logs.logged_data import COLUMNS
 
     rows = {c: np.zeros(0) for c in COLUMNS}
     rows["features"] = np.zeros((0, feature_dim), dtype=np.float32)

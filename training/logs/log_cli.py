@@ -2,7 +2,7 @@
 
 The output folder is resumable: rerun the same command after any interruption (kill -9 included)
 and it continues after the last finished shard; the finished dataset equals an uninterrupted run's.
-Format: training/logged_data.py; guide: docs/logging.md.
+Format: training/logs/logged_data.py; guide: docs/logging.md.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.errors import DeferralError
 from deferral.outputs import check_output_folder, check_tracking_store, read_json_record
 from inference.generate import add_pair_arguments, parse
-from training import logged_data as fmt
-from training.corpora import Corpus, open_corpus
-from training.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, should_compile
+from training.logs import logged_data as fmt
+from training.logs.corpora import Corpus, open_corpus
+from training.logs.log_pipeline import HIDDEN_CHOICES, LogConfig, feature_spec, log_chunk, should_compile
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOCK_FILE = ".lock"  # OUT/.lock: flock-ed by the process writing OUT for its whole run
@@ -360,7 +360,7 @@ def main(argv: list[str]) -> int:
     if not args.no_tracking:
         check_tracking_store(args.tracking_uri)
     if args.devices > 1:
-        from training.log_distributed import main_distributed
+        from training.logs.log_distributed import main_distributed
 
         return main_distributed(args)
     from deferral.pair import load_pair

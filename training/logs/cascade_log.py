@@ -7,7 +7,7 @@ features come from exactly the tensors, and the function, that the learned rule 
 (`deferral.features.compute_features` with the block's look-ahead and hidden states), so there is
 no train/serve skew and the text is the cascade's own (on-policy). The reference token of the
 usual labels is the target's greedy choice at that position; consequence labels (see
-training/consequence.py) come from target roll-outs after both choices.
+training/logs/consequence.py) come from target roll-outs after both choices.
 
 Pure apart from running the models: no files, no flags.
 """
@@ -23,8 +23,8 @@ from deferral.pair import Pair
 from inference.config import DecodeConfig
 from inference.runner import encode_prompts, eos_token_ids, pad_token_id
 from inference.speculative import Block, speculative_generate
-from training.consequence import RolloutConfig, consequence_labels
-from training.mixed_corpus import CHAT_MARKER
+from training.logs.consequence import RolloutConfig, consequence_labels
+from training.logs.mixed_corpus import CHAT_MARKER
 
 MIN_CONTEXT_LINES = 3  # a cut keeps at least this many lines of context before it
 REFERENCE_LINES = 4  # the document's lines after a cut that the reference-based label compares with

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
-from training.logged_data import check_feature_spec, load_logged, read_meta
+from training.logs.logged_data import check_feature_spec, load_logged, read_meta
 
 # Named router targets: (logged column, rule turning the column into "deferral needed" = 1).
 TARGETS = {
@@ -26,7 +26,7 @@ TARGETS = {
     "gap_nll": ("label_gap_nll", lambda v: v > 0, "the drafter's log-loss on the reference token exceeds the target's"),
     "mismatch": ("label_mismatch", lambda v: v > 0, "argmax q != argmax p"),
     "reject": ("label_accept_prob", lambda v: v < 0.5, "the drafted token's acceptance probability min(1, p/q) < 0.5"),
-    # consequence targets (cascade logs, see training/consequence.py); the regressed value is the
+    # consequence targets (cascade logs, see training/logs/consequence.py); the regressed value is the
     # column, transformed so that higher = more harm from keeping the drafted token
     "harm": ("label_rollout_chrf", lambda v: v > 0.5,
              "1 - chrF of the roll-out after the drafted token against the one after the target's (regressed); "

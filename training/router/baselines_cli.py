@@ -20,7 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.router import load_router
-from training.baselines import (
+from training.router.baselines import (
     fit_logistic_regression,
     gain_markdown,
     greedy_gain_table,
@@ -28,7 +28,7 @@ from training.baselines import (
     rule_scores,
     score_table,
 )
-from training.datamodule import TARGETS, binary_target, check_fractions, check_target, read_arrays, split_documents
+from training.router.datamodule import TARGETS, binary_target, check_fractions, check_target, read_arrays, split_documents
 
 
 def build_parser() -> ArgumentParser:

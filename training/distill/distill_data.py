@@ -26,8 +26,8 @@ import torch
 from tqdm import tqdm
 
 from deferral.errors import DeferralError
-from training.corpora import is_heldout as stdlib_is_heldout
-from training.corpora import stdlib_root
+from training.logs.corpora import is_heldout as stdlib_is_heldout
+from training.logs.corpora import stdlib_root
 
 PROSE_SUFFIXES = {".md", ".rst", ".txt"}
 SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"}
@@ -40,7 +40,7 @@ class Document:
     kind: str  # "code" | "prose"
     unit: str  # top-level package / folder: the unit of the held-out split
     text: str
-    heldout: bool = False  # forced: a file of the standard library's held-out part (training.corpora)
+    heldout: bool = False  # forced: a file of the standard library's held-out part (training.logs.corpora)
 
 
 def resolve_roots(sources: list[str]) -> list[Path]:

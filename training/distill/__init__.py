@@ -1,0 +1,1 @@
+"""Drafter distillation workflow: `deferral distill` and its stages."""

@@ -1,0 +1,1 @@
+"""Logging workflow: corpora -> drafter/target passes -> features and labels in Arrow shards."""

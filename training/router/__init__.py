@@ -1,0 +1,1 @@
+"""Router workflow: the Lightning module and datamodule, `deferral train`, baselines, export."""
