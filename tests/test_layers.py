@@ -42,3 +42,38 @@ def test_no_upward_imports(layer):
         for path in sorted((ROOT / layer).rglob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def project_imports(path: Path) -> set[str]:
+    """Project modules (deferral., inference., training.) a module imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {n for n in names if n.split(".")[0] in ("deferral", "inference", "training")}
+
+
+def test_no_import_cycles():
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
+               for layer in ("deferral", "inference", "training") for p in (ROOT / layer).rglob("*.py")}
+    modules = {name.removesuffix(".__init__"): path for name, path in modules.items()}
+    graph = {name: {m for m in project_imports(path) if m in modules and m != name} for name, path in modules.items()}
+    # a package's __init__ importing nothing is a node like any other; find any cycle by depth-first search
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []

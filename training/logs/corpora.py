@@ -22,11 +22,11 @@ import glob
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from deferral.errors import DeferralError
+from training.logs.corpus import Corpus  # noqa: F401  (re-exported: the type every source returns)
 from deferral.stdlib_split import (  # noqa: F401  (re-exported: corpus specs and their users)
     STDLIB_HELDOUT_PERCENT,
     STDLIB_PARTS,
@@ -40,18 +40,6 @@ TEXT_SUFFIXES = {
     ".rs", ".rb", ".sh", ".toml", ".yaml", ".yml", ".json", ".html", ".css", ".tex", ".sql", ".lua", ".kt",
 }
 _HASH_LIMIT = 256 << 20  # local corpora below this size are content-hashed for the resume check
-
-
-@dataclass
-class Corpus:
-    """An ordered document stream plus a JSON description recorded in the dataset's metadata."""
-
-    description: dict
-    _documents: Callable[[], Iterator[str]] = field(repr=False)
-
-    def documents(self) -> Iterator[str]:
-        """Yield document texts in order; raises DeferralError on a corrupt document."""
-        return self._documents()
 
 
 # ---------------------------------------------------------------- stdlib
@@ -249,13 +237,13 @@ def open_corpus(spec: str, text_column: str = "text", txt_docs: str = "paragraph
         extra = {"part": part, "heldout_percent": STDLIB_HELDOUT_PERCENT, "python": sys.version.split()[0]}
         return _many_files_corpus("stdlib", spec, files, stdlib_root(), _read_text_once, extra)
     if head in ("stdlib-docs", "instructions") and not Path(spec).exists():
-        from training.logs.prose_corpora import open_prose_corpus  # imports this module
+        from training.logs.prose_corpora import open_prose_corpus
 
         return open_prose_corpus(head, spec, part or "train")
     if head == "mixed" and not Path(spec).exists():
-        from training.logs.mixed_corpus import open_mixed_corpus  # imports this module
+        from training.logs.mixed_corpus import open_mixed_corpus
 
-        return open_mixed_corpus(part or "train")
+        return open_mixed_corpus(part or "train", open_corpus)
     if _is_saved_dataset(Path(head)):
         return _hf_corpus(spec, text_column, hf_config)
     path = Path(spec)

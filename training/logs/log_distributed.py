@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 import lightning as L
 
 from deferral.pair import Pair, load_pair
-from training.logs.log_cli import LogJob, lock_out, make_job, require_documents, track
+from training.logs.log_job import LogJob, lock_out, make_job, require_documents, track
 from training.logs.log_pipeline import feature_spec
 
 

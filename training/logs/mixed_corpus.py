@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from itertools import zip_longest
 
-from training.logs.corpora import Corpus
+from typing import Callable
+
+from training.logs.corpus import Corpus
 
 CHAT_MARKER = "\x1echat\x1e"  # a document starting with this is an instruction for the chat template
 MIX_SOURCES = (("stdlib", False), ("stdlib-docs", False), ("instructions", True))
@@ -30,9 +32,9 @@ def strip_chat_marker(text: str) -> str:
     return text[len(CHAT_MARKER):] if text.startswith(CHAT_MARKER) else text
 
 
-def open_mixed_corpus(part: str) -> Corpus:
-    from training.logs.corpora import open_corpus
-
+def open_mixed_corpus(part: str, open_corpus: Callable[[str], Corpus]) -> Corpus:
+    """The mix of MIX_SOURCES' `part`, each opened with `open_corpus` (corpora.py's, which dispatches
+    "mixed" here: passing it keeps the import one-way)."""
     sources = [(open_corpus(f"{name}:{part}"), chat) for name, chat in MIX_SOURCES]
 
     def documents():

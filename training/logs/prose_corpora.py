@@ -35,7 +35,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from deferral.errors import DeferralError
-from training.logs.corpora import STDLIB_HELDOUT_PERCENT, STDLIB_PARTS, Corpus, is_heldout, stdlib_files, stdlib_root
+from deferral.stdlib_split import STDLIB_HELDOUT_PERCENT, STDLIB_PARTS, is_heldout, stdlib_files, stdlib_root
+from training.logs.corpus import Corpus
 
 PROSE_SPECS = ("stdlib-docs", "instructions")
 DOCSTRING_MIN_CHARS = 300
