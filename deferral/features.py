@@ -29,37 +29,108 @@ TOP_K = 4  # top-k probabilities logged per model
 RANK_CAP = 16  # ranks beyond this are reported as RANK_CAP
 LOOKAHEAD = 4  # drafted positions after this one that the look-ahead features summarise (K - 1 at K = 5)
 
-POSITION_FEATURES = (
-    [f"q_top{i}" for i in range(1, TOP_K + 1)]
-    + ["q_entropy", "q_margin"]
-    + [f"p_top{i}" for i in range(1, TOP_K + 1)]
-    + ["p_entropy", "p_margin"]
-    + ["tv", "kl_q_p", "kl_p_q", "p_at_q_argmax", "q_at_p_argmax", "argmax_agree", "p_max_minus_q_max"]
-)
-TOKEN_FEATURES = [
-    "q_tok",
-    "p_tok",
-    "log_q_tok",
-    "log_p_tok",
-    "log_p_over_q_tok",
-    "accept_prob_tok",  # min(1, p(v)/q(v)): the lossless acceptance probability
-    "tok_is_q_argmax",
-    "tok_is_p_argmax",
-    "p_tok_over_p_max",  # TokenV3's statistic
-    "q_tok_minus_p_max",  # TokenV1's statistic
-    "p_tok_minus_p_max",  # TokenV2's statistic
-    "log_rank_p_tok",
-]
-LOOKAHEAD_FEATURES = [
-    "ahead_n",  # drafted positions after this one in the block (0..LOOKAHEAD)
-    "ahead_agree_next",  # the next drafted token is the target's argmax there (0 if none)
-    "ahead_agree_run",  # consecutive such agreements right after this position
-    "ahead_agree_frac",  # share of the following drafted tokens that the target agrees with (0 if none)
-    "ahead_logp_next",  # log p of the next drafted token (0 if none)
-    "ahead_logp_mean",  # mean log p of the following drafted tokens (0 if none)
-    "ahead_logp_min",  # smallest of those (0 if none)
-]
 LOG_FLOOR = -30.0  # log-probabilities are clamped here so that zero probabilities stay finite
+
+
+# Each feature group is one builder returning {name: column} in order: a feature's name and its value
+# are written on the same line, and the name lists below are read off the builders themselves.
+
+
+@dataclass
+class Distributions:
+    """Both models' distributions at N positions, with the statistics several features share."""
+
+    q: torch.Tensor  # (N, V) drafter probabilities
+    p: torch.Tensor  # (N, V) target probabilities
+    logq: torch.Tensor  # (N, V)
+    logp: torch.Tensor  # (N, V)
+
+    def __post_init__(self) -> None:
+        self.q_top = self.q.topk(TOP_K, -1).values  # (N, TOP_K), descending
+        self.p_top, p_top_idx = self.p.topk(max(TOP_K, RANK_CAP), -1)  # (N, RANK_CAP)
+        self.q_arg = self.q.argmax(-1)  # (N,)
+        self.p_arg = p_top_idx[:, 0]
+        self.p_max, self.q_max = self.p_top[:, 0], self.q_top[:, 0]
+
+    @classmethod
+    def from_logits(cls, q_logits: torch.Tensor, p_logits: torch.Tensor) -> "Distributions":
+        logq, logp = torch.log_softmax(q_logits.float(), -1), torch.log_softmax(p_logits.float(), -1)
+        return cls(logq.exp(), logp.exp(), logq, logp)
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
+def position_columns(d: Distributions) -> dict[str, torch.Tensor]:
+    """Features of a position, the same for every candidate token: name -> (N,)."""
+    q, p, logq, logp = d.q, d.p, d.logq, d.logp
+    return {
+        **{f"q_top{i + 1}": d.q_top[:, i] for i in range(TOP_K)},
+        "q_entropy": _entropy(logq),
+        "q_margin": d.q_top[:, 0] - d.q_top[:, 1],
+        **{f"p_top{i + 1}": d.p_top[:, i] for i in range(TOP_K)},
+        "p_entropy": _entropy(logp),
+        "p_margin": d.p_top[:, 0] - d.p_top[:, 1],
+        "tv": (q - p).clamp_min(0).sum(-1),
+        "kl_q_p": (q * (logq - logp)).sum(-1),
+        "kl_p_q": (p * (logp - logq)).sum(-1),
+        "p_at_q_argmax": p.gather(-1, d.q_arg[:, None])[:, 0],
+        "q_at_p_argmax": q.gather(-1, d.p_arg[:, None])[:, 0],
+        "argmax_agree": (d.q_arg == d.p_arg).float(),
+        "p_max_minus_q_max": d.p_max - d.q_max,
+    }
+
+
+def token_columns(d: Distributions, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Features of each candidate token (candidates: (N, C) ids): name -> (N, C)."""
+    q_tok = d.q.gather(-1, candidates)
+    p_tok = d.p.gather(-1, candidates)
+    log_q_tok = d.logq.gather(-1, candidates).clamp_min(LOG_FLOOR)
+    log_p_tok = d.logp.gather(-1, candidates).clamp_min(LOG_FLOOR)
+    rank = (d.p_top[:, None, :RANK_CAP] > p_tok[:, :, None]).sum(-1)  # (N, C), capped at RANK_CAP
+    p_max = d.p_max[:, None]
+    return {
+        "q_tok": q_tok,
+        "p_tok": p_tok,
+        "log_q_tok": log_q_tok,
+        "log_p_tok": log_p_tok,
+        "log_p_over_q_tok": log_p_tok - log_q_tok,
+        "accept_prob_tok": (p_tok / q_tok.clamp_min(1e-30)).clamp_max(1.0),  # the lossless acceptance probability
+        "tok_is_q_argmax": (candidates == d.q_arg[:, None]).float(),
+        "tok_is_p_argmax": (candidates == d.p_arg[:, None]).float(),
+        "p_tok_over_p_max": p_tok / p_max,  # TokenV3's statistic
+        "q_tok_minus_p_max": q_tok - p_max,  # TokenV1's statistic
+        "p_tok_minus_p_max": p_tok - p_max,  # TokenV2's statistic
+        "log_rank_p_tok": torch.log1p(rank.float()),
+    }
+
+
+def lookahead_columns(ahead: "Lookahead") -> dict[str, torch.Tensor]:
+    """Features of the drafted tokens after a position in its block: name -> (N,)."""
+    valid = ahead.valid.float()
+    agree = (ahead.agree & ahead.valid).float()
+    logp = ahead.logp_next.float() * valid
+    n = valid.sum(-1)  # (N,)
+    denom = n.clamp_min(1.0)
+    return {
+        "ahead_n": n,  # drafted positions after this one in the block (0..LOOKAHEAD)
+        "ahead_agree_next": agree[:, 0],  # the next drafted token is the target's argmax there (0 if none)
+        "ahead_agree_run": agree.cumprod(-1).sum(-1),  # consecutive such agreements right after this position
+        "ahead_agree_frac": agree.sum(-1) / denom,  # share of the following drafts the target agrees with
+        "ahead_logp_next": logp[:, 0],  # log p of the next drafted token (0 if none)
+        "ahead_logp_mean": logp.sum(-1) / denom,  # mean log p of the following drafted tokens (0 if none)
+        "ahead_logp_min": torch.where(ahead.valid, logp, torch.zeros_like(logp)).amin(-1),  # smallest of those
+    }
+
+
+def _names_of_builders() -> tuple[list[str], list[str], list[str]]:
+    """The builders' names, read off one call on a small stand-in input (V = 2 * RANK_CAP)."""
+    logits = torch.linspace(0.0, 1.0, 2 * RANK_CAP)[None]
+    d = Distributions.from_logits(logits, logits.flip(-1))
+    ahead = Lookahead(torch.zeros(1, LOOKAHEAD), torch.zeros(1, LOOKAHEAD, dtype=torch.bool),
+                      torch.zeros(1, LOOKAHEAD, dtype=torch.bool))
+    return list(position_columns(d)), list(token_columns(d, d.q_arg[:, None])), list(lookahead_columns(ahead))
 
 
 @dataclass(frozen=True)
@@ -198,20 +269,7 @@ def no_lookahead(n: int, device, window: int = LOOKAHEAD) -> Lookahead:
 
 def lookahead_features(ahead: Lookahead) -> torch.Tensor:
     """(N, W) look-ahead -> (N, len(LOOKAHEAD_FEATURES)) in LOOKAHEAD_FEATURES order."""
-    valid = ahead.valid.float()
-    agree = (ahead.agree & ahead.valid).float()
-    logp = ahead.logp_next.float() * valid
-    n = valid.sum(-1)  # (N,)
-    denom = n.clamp_min(1.0)
-    run = agree.cumprod(-1).sum(-1)
-    logp_min = torch.where(ahead.valid, logp, torch.zeros_like(logp)).amin(-1)
-    return torch.stack(
-        [n, agree[:, 0], run, agree.sum(-1) / denom, logp[:, 0], logp.sum(-1) / denom, logp_min], dim=-1
-    )
-
-
-def _entropy(logp: torch.Tensor) -> torch.Tensor:
-    return -(logp.exp() * logp).sum(-1)
+    return torch.stack(list(lookahead_columns(ahead).values()), dim=-1)
 
 
 def compute_features(
@@ -236,58 +294,9 @@ def compute_features(
         (N, C, F) float32 features, F = FeatureSpec(...).dim, in FeatureSpec.names order.
     """
     n, c = candidates.shape
-    logq = torch.log_softmax(q_logits.float(), -1)  # (N, V)
-    logp = torch.log_softmax(p_logits.float(), -1)
-    q, p = logq.exp(), logp.exp()
-
-    q_top = q.topk(TOP_K, -1).values  # (N, TOP_K), descending
-    p_top, p_top_idx = p.topk(max(TOP_K, RANK_CAP), -1)
-    q_arg = q.argmax(-1)  # (N,)
-    p_arg = p_top_idx[:, 0]
-    p_max, q_max = p_top[:, 0], q_top[:, 0]
-
-    position = torch.cat(
-        [
-            q_top,
-            _entropy(logq)[:, None],
-            (q_top[:, 0] - q_top[:, 1])[:, None],
-            p_top[:, :TOP_K],
-            _entropy(logp)[:, None],
-            (p_top[:, 0] - p_top[:, 1])[:, None],
-            (q - p).clamp_min(0).sum(-1)[:, None],
-            (q * (logq - logp)).sum(-1)[:, None],
-            (p * (logp - logq)).sum(-1)[:, None],
-            p.gather(-1, q_arg[:, None]),
-            q.gather(-1, p_arg[:, None]),
-            (q_arg == p_arg).float()[:, None],
-            (p_max - q_max)[:, None],
-        ],
-        dim=-1,
-    )  # (N, len(POSITION_FEATURES))
-
-    q_tok = q.gather(-1, candidates)  # (N, C)
-    p_tok = p.gather(-1, candidates)
-    log_q_tok = logq.gather(-1, candidates).clamp_min(LOG_FLOOR)
-    log_p_tok = logp.gather(-1, candidates).clamp_min(LOG_FLOOR)
-    rank = (p_top[:, None, :RANK_CAP] > p_tok[:, :, None]).sum(-1)  # (N, C), capped at RANK_CAP
-    token = torch.stack(
-        [
-            q_tok,
-            p_tok,
-            log_q_tok,
-            log_p_tok,
-            log_p_tok - log_q_tok,
-            (p_tok / q_tok.clamp_min(1e-30)).clamp_max(1.0),
-            (candidates == q_arg[:, None]).float(),
-            (candidates == p_arg[:, None]).float(),
-            p_tok / p_max[:, None],
-            q_tok - p_max[:, None],
-            p_tok - p_max[:, None],
-            torch.log1p(rank.float()),
-        ],
-        dim=-1,
-    )  # (N, C, len(TOKEN_FEATURES))
-
+    d = Distributions.from_logits(q_logits, p_logits)
+    position = torch.stack(list(position_columns(d).values()), dim=-1)  # (N, len(POSITION_FEATURES))
+    token = torch.stack(list(token_columns(d, candidates).values()), dim=-1)  # (N, C, len(TOKEN_FEATURES))
     parts = [position[:, None, :].expand(n, c, -1), token]
     if lookahead is not None:
         parts.append(lookahead_features(lookahead)[:, None, :].expand(n, c, -1))
@@ -295,3 +304,6 @@ def compute_features(
         if hidden is not None:
             parts.append(hidden.float()[:, None, :].expand(n, c, -1))
     return torch.cat(parts, dim=-1)
+
+
+POSITION_FEATURES, TOKEN_FEATURES, LOOKAHEAD_FEATURES = _names_of_builders()
