@@ -63,8 +63,19 @@ def sqlite_path(uri: str) -> Path | None:
     return None if name in ("", ":memory:") else Path(name)
 
 
-def check_tracking_store(uri: str, flag: str = "--tracking-uri", disable: str | None = "--no-tracking") -> None:
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a file in the working directory (browse it with `mlflow ui`)
+TRACKING_HELP = "MLflow tracking store; none: no tracking (the same in every command)"
+
+
+def tracking_off(uri: str | None) -> bool:
+    """`--tracking-uri none` (or an empty value) turns MLflow tracking off, in every command."""
+    return uri is None or str(uri).strip().lower() in ("none", "")
+
+
+def check_tracking_store(uri: str, flag: str = "--tracking-uri", disable: str | None = "--tracking-uri none") -> None:
     """An MLflow sqlite store must be writable, checked before MLflow opens (and retries) it."""
+    if tracking_off(uri):
+        return
     db = sqlite_path(str(uri))
     if db is None:
         return

@@ -16,12 +16,18 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm import tqdm
 
 from deferral.errors import DeferralError
-from deferral.outputs import check_output_folder, check_tracking_store, read_json_record
+from deferral.outputs import (
+    DEFAULT_TRACKING_URI,
+    TRACKING_HELP,
+    check_output_folder,
+    check_tracking_store,
+    read_json_record,
+    tracking_off,
+)
 from deferral.rules import HAND_SET_RULES
 from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROUTER_KEY = "router"  # the setup's record of the learned rule's router (its files' sha256)
 
 
@@ -58,7 +64,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-fidelity", action="store_true",
                         help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
     parser.add_argument("--out", type=str, default="runs/evaluate", help="output folder (resumed when it exists)")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
+    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
     parser.add_argument("--experiment", type=str, default="deferral-evaluate", help="MLflow experiment name")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
@@ -294,6 +300,7 @@ def main(argv: list[str]) -> int:
     from inference.report import summaries, write_report
 
     args = parse(build_parser(), argv)
+    args.no_mlflow = args.no_mlflow or tracking_off(args.tracking_uri)  # --no-mlflow: the older spelling
     if args.threads is not None:
         if args.threads < 1:
             raise DeferralError(f"--threads must be at least 1, got {args.threads}")
@@ -304,7 +311,7 @@ def main(argv: list[str]) -> int:
     check_task_name(args.task)
     check_output_folder(args.out)  # before any decoding
     if not args.no_mlflow:
-        check_tracking_store(args.tracking_uri, disable="--no-mlflow")
+        check_tracking_store(args.tracking_uri)
     if args.task == "humaneval":  # refuse unisolated generated code now, not after hours of decoding
         from inference.tasks.sandbox import require_isolation
 

@@ -26,3 +26,21 @@ def test_run_is_tracked(tiny_dir, tmp_path, monkeypatch):
     assert run.data.tags["corpus.kind"] == "files"
     artifacts = [f.path for f in client.list_artifacts(run.info.run_id)]
     assert "corpus.json" in artifacts
+
+
+def test_tracking_uri_none_turns_tracking_off_in_log_and_evaluate(tiny_dir, tmp_path, monkeypatch):
+    """One spelling for every command: `--tracking-uri none` writes no MLflow store."""
+    from deferral.cli import main as cli
+    from tests.router_helpers import write_corpus
+
+    monkeypatch.chdir(tmp_path)
+    pair = ["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target")]
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=4)
+    assert cli(["log", *pair, "--data", str(corpus), "--out", "log", "--max-positions", "200", "--no-progress",
+                "--tracking-uri", "none"]) == 0
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"prompt": "def f(x):", "reference": "\\n    return x"}\n')
+    assert cli(["evaluate", *pair, "--task", f"hf:{task}", "--rules", "[token-v3]", "--alphas", "{token-v3: [0.5]}",
+                "--modes", "[speculative]", "--max-new-tokens", "4", "--out", "eval", "--tracking-uri", "none"]) == 0
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "none").exists()

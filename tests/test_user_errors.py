@@ -172,13 +172,13 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("demo --workdir under a file", lambda e: ["demo", *e.pair, "--workdir", str(e.afile() / "demo")], UNDER_A_FILE),
     # --- MLflow stores that cannot be written: refused before MLflow opens them (it retries for minutes)
     ("log MLflow store under a file", lambda e: log(e, "--tracking-uri", sqlite_under(e.afile())),
-     STORE + r"--tracking-uri .* or --no-tracking"),
+     STORE + r"--tracking-uri .* or --tracking-uri none"),
     ("train MLflow store under a file", lambda e: train(e, "--trainer.default_root_dir", str(e.tmp / "run"),
                                                          "--mlflow.tracking_uri", sqlite_under(e.afile())),
      STORE + r"--mlflow.tracking_uri .* or --mlflow.tracking_uri none"),
     ("evaluate MLflow store under a file", lambda e: evaluate(e, "--out", str(e.tmp / "eval"),
                                                                "--tracking-uri", sqlite_under(e.afile())),
-     STORE + r"--tracking-uri .* or --no-mlflow"),
+     STORE + r"--tracking-uri .* or --tracking-uri none"),
     ("demo MLflow store under a file", lambda e: ["demo", *e.pair, "--workdir", str(e.tmp / "demo"),
                                                    "--tracking-uri", sqlite_under(e.afile())], STORE),
     # --- damaged weights
@@ -246,7 +246,7 @@ READ_ONLY: list[tuple[str, Callable[[Env], list[str]], str]] = [
      r"cannot be written \(.*readonly is read-only\)"),
     ("log MLflow store in a read-only working directory",
      lambda e: (os.chdir(e.readonly()), log(e, "--tracking-uri", "sqlite:///mlflow.db", out=e.tmp / "log"))[1],
-     STORE + r"--tracking-uri .* or --no-tracking"),
+     STORE + r"--tracking-uri .* or --tracking-uri none"),
 ]
 
 

@@ -26,7 +26,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.assets import asset_path
 from deferral.errors import DeferralError
-from deferral.outputs import check_output_folder, check_tracking_store
+from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store
 from inference.generate import add_pair_arguments, parse
 
 STEPS = 6
@@ -57,7 +57,7 @@ def build_parser() -> ArgumentParser:
                         help="router evaluated beside the one trained here (default pair only; null: skip)")
     parser.add_argument("--shipped-thresholds", type=list[float], default=[0.3, 0.4],
                         help="thresholds of the shipped router")
-    parser.add_argument("--tracking-uri", type=str, default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
     return parser
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
     if not Path(args.router_config).is_file():
         raise DeferralError(f"router config {args.router_config} does not exist: pass --router-config FILE")
     check_output_folder(args.workdir, "--workdir")
-    check_tracking_store(args.tracking_uri, disable=None)
+    check_tracking_store(args.tracking_uri)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     logs, train_root, router, evaluation = work / "log", work / "router-training", work / "router", work / "evaluate"

@@ -22,6 +22,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
+from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP
 from inference.generate import parse
 
 
@@ -79,7 +80,7 @@ def build_parser() -> ArgumentParser:
                    help="held-out blocks per set in the final report (--measure-only: 0 = cost only)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save the `last` checkpoint every N steps")
     # tracking and modes
-    p.add_argument("--tracking-uri", type=str, default="sqlite:///mlflow.db", help="MLflow store; 'none' = files only")
+    p.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
     p.add_argument("--experiment", type=str, default="distill", help="MLflow experiment name")
     p.add_argument("--prepare-only", action="store_true", help="build the corpus stage and stop")
     p.add_argument("--measure-only", action="store_true", help="measure --drafter on the held-out sets and stop")

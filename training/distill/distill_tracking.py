@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from deferral.errors import DeferralError
+from deferral.outputs import tracking_off
 
 
 def mlflow_available() -> bool:
@@ -24,7 +25,7 @@ def make_loggers(run_dir: Path, tracking_uri: str | None, experiment: str, run_n
     from lightning.pytorch.loggers import CSVLogger
 
     loggers = [CSVLogger(save_dir=str(run_dir), name="csv")]  # a new version_N per (resumed) fit
-    if tracking_uri and tracking_uri != "none" and mlflow_available():
+    if not tracking_off(tracking_uri) and mlflow_available():
         from lightning.pytorch.loggers import MLFlowLogger
 
         loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri))

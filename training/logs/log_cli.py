@@ -10,13 +10,10 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from deferral.outputs import check_output_folder, check_tracking_store
+from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store, tracking_off
 from inference.generate import add_pair_arguments, parse
 from training.logs.log_job import lock_out, make_job, require_documents, track
 from training.logs.log_pipeline import HIDDEN_CHOICES, feature_spec
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral log", description=__doc__, exit_on_error=False)
@@ -62,7 +59,7 @@ def build_parser() -> ArgumentParser:
                              "fast): on, off, or auto = on for vocabularies of 4096 tokens or more")
     parser.add_argument("--devices", type=int, default=1, help="processes (Lightning DDP predict loop) when > 1")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for --devices > 1")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking store")
+    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
     parser.add_argument("--experiment", type=str, default="deferral-log", help="MLflow experiment name")
     parser.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -71,6 +68,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parse(build_parser(), argv)
+    args.no_tracking = args.no_tracking or tracking_off(args.tracking_uri)  # --no-tracking: the older spelling
     check_output_folder(args.out)  # before any document is read or model loaded
     if not args.no_tracking:
         check_tracking_store(args.tracking_uri)

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from deferral.outputs import DEFAULT_TRACKING_URI, tracking_off
 from training import tracking
 from training.quiet import EpochProgressBar, quiet_third_party
 from training.router.checkpoints import (
@@ -53,7 +54,7 @@ class MLflowSettings:
     alias: registry alias pointed at the new version.
     """
 
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
     experiment_name: str = "deferral-router"
     run_name: str | None = None
     artifact_location: str | None = None
@@ -113,7 +114,7 @@ class RouterCLI(LightningCLI):
     def tracked(self) -> bool:
         """False when `--mlflow.tracking_uri none`: train, test and export without an MLflow store."""
         s: MLflowSettings = self._get(self.config_init, "mlflow")
-        return str(s.tracking_uri).strip().lower() not in ("none", "")
+        return not tracking_off(s.tracking_uri)
 
     def instantiate_trainer(self, **kwargs):
         # checkpoints are written aside and renamed: a kill never leaves a cut last.ckpt
@@ -224,5 +225,5 @@ def check_settings(cfg) -> None:
     check_output_folder(cfg.trainer.default_root_dir or ".", "--trainer.default_root_dir")
     if cfg.checkpoint.dirpath is not None:
         check_output_folder(cfg.checkpoint.dirpath, "--checkpoint.dirpath")
-    if str(cfg.mlflow.tracking_uri).strip().lower() not in ("none", ""):
+    if not tracking_off(cfg.mlflow.tracking_uri):
         check_tracking_store(cfg.mlflow.tracking_uri, "--mlflow.tracking_uri", "--mlflow.tracking_uri none")

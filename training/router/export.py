@@ -17,12 +17,12 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
+from deferral.outputs import DEFAULT_TRACKING_URI
 from deferral.router import Router, RouterConfig, save_router
 from deferral.calibration import threshold_for_rate
 from training.router.module import DEFAULT_DEFERRAL_RATE
 
 CHECKPOINT_KEY = "deferral"  # = training.router.module.CHECKPOINT_KEY (not imported: keeps lightning out)
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoints/best.ckpt"
 
 
