@@ -31,6 +31,7 @@ from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation
+from inference.phases import NO_PHASES
 
 
 def rule_inputs(
@@ -105,8 +106,10 @@ class SpeculativeDecoder:
     """
 
     @torch.inference_mode()
-    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=None):
+    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=None,
+                 phases=None):
         self.rule, self.cfg = rule, cfg
+        self.phases = phases or NO_PHASES  # a PhaseTimer adds up each phase's wall time (inference/phases.py)
         self.prompts, self.observer = prompts, observer
         wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
         self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
@@ -187,16 +190,25 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def step(self) -> None:
-        cfg, b = self.cfg, self.last.shape[0]
-        q_logits, drafts, q_after = self._draft()
-        k = drafts.shape[1]
-        fed_last = q_after is not None  # whether the drafter has fed drafts[:, -1]
+        with self.phases("draft"):
+            q_logits, drafts, q_after = self._draft()  # q_after set: the drafter has fed drafts[:, -1]
 
         # Score the block with the target: p_logits (B, k + 1, V) (and its hidden states (B, k + 1, H)).
-        p_logits = self.t_lm.forward(torch.cat([self.last[:, None], drafts], dim=1), want_hidden=self.target_hidden)
+        with self.phases("verify"):
+            p_logits = self.t_lm.forward(torch.cat([self.last[:, None], drafts], dim=1), want_hidden=self.target_hidden)
         p_hidden = self.t_lm.hidden
         if self.observer is not None:
             self._observe(drafts, q_logits, p_logits, p_hidden)
+        with self.phases("rule"):
+            n_kept, next_token, deferred, fed_last, q_after = self._decide(q_logits, drafts, p_logits, p_hidden, q_after)
+        with self.phases("bookkeeping"):
+            self._finish_step(drafts, n_kept, next_token, deferred, fed_last)
+
+    def _decide(self, q_logits, drafts, p_logits, p_hidden, q_after):
+        """The rule's decision over a verified block: (n_kept (B,), next_token (B,), deferred (B, k),
+        fed_last, q_after). May feed the drafter once more (q at the bonus position)."""
+        cfg, b, k = self.cfg, drafts.shape[0], drafts.shape[1]
+        fed_last = q_after is not None
         rows = torch.arange(b, device=self.device)
 
         if self.lossless and cfg.temperature <= 0:
@@ -237,7 +249,10 @@ class SpeculativeDecoder:
                     bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
                 next_token = torch.where(all_kept, bonus, next_token)
             deferred = out.deferred.view(b, k)
+        return n_kept, next_token, deferred, fed_last, q_after
 
+    def _finish_step(self, drafts, n_kept, next_token, deferred, fed_last: bool) -> None:
+        cfg, k = self.cfg, drafts.shape[1]
         # Roll back. The target fed [last, drafts] and keeps last + the kept drafts. After its first
         # forward (which fed committed tokens only) the drafter fed drafts[:-1], plus drafts[-1] if
         # it computed q after it.
@@ -287,6 +302,7 @@ def speculative_generate(
     pad_id: int,
     max_context: int,
     observer: Observer | None = None,
+    phases=None,
 ) -> list[Generation]:
     """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`.
 
@@ -294,7 +310,7 @@ def speculative_generate(
     optional attribute `hidden_needed` names the hidden states ("drafter", "target") it wants.
     """
     decoder = SpeculativeDecoder(
-        drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=observer
+        drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=observer, phases=phases
     )
     while decoder.active:
         decoder.step()

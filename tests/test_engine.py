@@ -225,3 +225,25 @@ def test_stats_count_calls_and_tokens(pairs):
     assert s.target_calls == 1 + 6
     assert s.deferred == s.examined > 0
     assert s.wall_s > 0
+
+
+def test_phase_timer_splits_a_step_without_changing_the_output(tiny_pair):
+    """Timing the phases is observation only: greedy output is unchanged, and every phase ran."""
+    from deferral.rules import make_rule
+    from inference.config import DecodeConfig
+    from inference.phases import PHASES, PhaseTimer
+    from inference.runner import eos_token_ids, pad_token_id
+    from inference.speculative import speculative_generate
+
+    common = dict(vocab_size=tiny_pair.vocab_size, eos_ids=eos_token_ids(tiny_pair), pad_id=pad_token_id(tiny_pair),
+                  max_context=tiny_pair.max_context)
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    cfg = DecodeConfig(max_new_tokens=12)
+    for rule in (make_rule("speculative"), make_rule("token-v3", 0.5)):
+        timer = PhaseTimer()
+        timed = speculative_generate(tiny_pair.drafter.model, tiny_pair.target.model, rule, prompts, cfg,
+                                     phases=timer, **common)
+        plain = speculative_generate(tiny_pair.drafter.model, tiny_pair.target.model, rule, prompts, cfg, **common)
+        assert [g.tokens for g in timed] == [g.tokens for g in plain]
+        assert set(timer.seconds) == set(PHASES) and all(v > 0 for v in timer.seconds.values())
+        assert abs(sum(timer.shares().values()) - 1.0) < 1e-9
