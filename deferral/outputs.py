@@ -67,6 +67,16 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a file in the working directory 
 TRACKING_HELP = "MLflow tracking store; none: no tracking (the same in every command)"
 
 
+def quiet_mlflow() -> None:
+    """MLflow logs INFO lines (creating tables, creating an experiment) that the user asked for in
+    effect: keep its warnings, drop the rest. Call before importing mlflow (it reads the variable
+    then) and again after (its logger keeps the level)."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def tracking_off(uri: str | None) -> bool:
     """`--tracking-uri none` (or an empty value) turns MLflow tracking off, in every command."""
     return uri is None or str(uri).strip().lower() in ("none", "")

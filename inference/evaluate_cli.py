@@ -22,6 +22,7 @@ from deferral.outputs import (
     check_output_folder,
     check_tracking_store,
     read_json_record,
+    quiet_mlflow,
     tracking_off,
 )
 from deferral.rules import HAND_SET_RULES
@@ -267,6 +268,7 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg) -> None:
 
 def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: dict) -> str:
     """Log setup, frontier metrics, the results table and the output files to one MLflow run."""
+    quiet_mlflow()
     import mlflow
 
     mlflow.set_tracking_uri(args.tracking_uri)

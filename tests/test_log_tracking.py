@@ -44,3 +44,23 @@ def test_tracking_uri_none_turns_tracking_off_in_log_and_evaluate(tiny_dir, tmp_
                 "--modes", "[speculative]", "--max-new-tokens", "4", "--out", "eval", "--tracking-uri", "none"]) == 0
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     assert not (tmp_path / "none").exists()
+
+
+def test_tracked_runs_print_no_mlflow_info_lines(tiny_dir, tmp_path, monkeypatch, capfd):
+    from deferral.cli import main as cli
+    from tests.router_helpers import write_corpus
+
+    monkeypatch.chdir(tmp_path)
+    pair = ["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target")]
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=4)
+    capfd.readouterr()
+    assert cli(["log", *pair, "--data", str(corpus), "--out", "log", "--max-positions", "200", "--no-progress",
+                "--tracking-uri", store]) == 0
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"prompt": "def f(x):", "reference": "\\n    return x"}\n')
+    assert cli(["evaluate", *pair, "--task", f"hf:{task}", "--rules", "[token-v3]", "--alphas", "{token-v3: [0.5]}",
+                "--modes", "[speculative]", "--max-new-tokens", "4", "--out", "eval", "--tracking-uri", store]) == 0
+    err = capfd.readouterr().err
+    assert " INFO " not in err and "Creating" not in err
+    assert (tmp_path / "store.db").is_file()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import warnings
 
 from lightning.pytorch.callbacks import TQDMProgressBar
+
+from deferral.outputs import quiet_mlflow
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mlflow")
@@ -26,7 +27,7 @@ NOISY_WARNINGS = (
 
 
 def quiet_third_party() -> None:
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    quiet_mlflow()
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     # "Experiment ... not found. Creating it.": creating the experiment is what the user asked for

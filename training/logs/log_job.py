@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from deferral.errors import DeferralError
-from deferral.outputs import read_json_record
+from deferral.outputs import quiet_mlflow, read_json_record
 from training.logs import logged_data as fmt
 from training.logs.corpora import Corpus, open_corpus
 from training.logs.log_pipeline import LogConfig, feature_spec, log_chunk, should_compile
@@ -276,6 +276,7 @@ def track(args, job: LogJob, stats: dict, progress: dict) -> None:
         return
     import logging
 
+    quiet_mlflow()
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
