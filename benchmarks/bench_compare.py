@@ -23,17 +23,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_speculative import hf_generate  # noqa: E402
-from deferral.errors import DeferralError  # noqa: E402
-from deferral.pair import load_pair  # noqa: E402
-from deferral.rules import HAND_SET_RULES, make_rule  # noqa: E402
-from inference.config import DecodeConfig  # noqa: E402
-from inference.metrics import matches  # noqa: E402
-from inference.runner import encode_prompts, eos_token_ids, run  # noqa: E402
-from inference.tasks import make_task  # noqa: E402
+from bench_speculative import hf_generate
+from deferral.errors import DeferralError
+from deferral.pair import load_pair
+from deferral.rules import HAND_SET_RULES, make_rule
+from inference.config import DecodeConfig
+from inference.metrics import matches
+from inference.runner import encode_prompts, eos_token_ids, run
+from inference.tasks import make_task
 
 LOSSLESS = ("speculative (ours)", "assisted (transformers)")  # greedy output must equal the target's
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deferral.pair import load_pair  # noqa: E402
-from training.logs import logged_data as fmt  # noqa: E402
-from training.logs.corpora import open_corpus  # noqa: E402
-from training.logs.log_pipeline import (  # noqa: E402
+from deferral.pair import load_pair
+from training.logs import logged_data as fmt
+from training.logs.corpora import open_corpus
+from training.logs.log_pipeline import (
     LogConfig,
     _batches,
     effective_max_len,

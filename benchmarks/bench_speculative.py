@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deferral.pair import load_pair  # noqa: E402
-from deferral.rules import make_rule  # noqa: E402
-from inference.config import DecodeConfig  # noqa: E402
-from inference.runner import encode_prompts, eos_token_ids, run  # noqa: E402
+from deferral.pair import load_pair
+from deferral.rules import make_rule
+from inference.config import DecodeConfig
+from inference.runner import encode_prompts, eos_token_ids, run
 
 
 @dataclass

@@ -37,12 +37,11 @@ import sysconfig
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.tasks.stdlib_continuation import cut_examples  # noqa: E402
-from training.logs.corpora import stdlib_files  # noqa: E402
-from training.logs.prose_corpora import _walk_definitions as walk_definitions  # noqa: E402
-from training.logs.prose_corpora import stdlib_docs  # noqa: E402
+from inference.tasks.stdlib_continuation import cut_examples
+from training.logs.corpora import stdlib_files
+from training.logs.prose_corpora import _walk_definitions as walk_definitions
+from training.logs.prose_corpora import stdlib_docs
 
 # Distributions of the GPU machine's image (its package list, read 2026-11-17): the default drafter was
 # distilled on that machine's site-packages, so none of their text is held out from it.

@@ -15,9 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.tasks.stdlib_continuation import StdlibContinuation  # noqa: E402
+from inference.tasks.stdlib_continuation import StdlibContinuation
 
 
 def main() -> None:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
