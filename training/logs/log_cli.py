@@ -33,7 +33,8 @@ def build_parser() -> ArgumentParser:
                              "consequence labels from target roll-outs (see docs/logging.md)")
     parser.add_argument("--max-len", type=int, default=512, help="tokens per window scored in one pass")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--docs-per-shard", type=int, default=64, help="documents per shard (the unit of resumption)")
+    parser.add_argument("--docs-per-shard", type=int, default=16,
+                        help="documents per shard: the unit of resumption, and of the first total and ETA")
     parser.add_argument("--max-docs", type=int | None, default=None, help="stop after this many documents")
     parser.add_argument("--doc-chars", type=int | None, default=None,
                         help="keep the first N characters of each document (spreads a position budget over more documents)")
