@@ -160,3 +160,31 @@ def test_chat_documents_go_through_the_template(tiny_pair):
     with pytest.raises(DeferralError, match="no chat template"):
         cut_prompt(tiny_pair, 0, chat_document("hello"), 64, 0)
     assert cut_prompt(tiny_pair, 0, "a\nb\nc\nd", 64, 0)[-1] != tiny_pair.tokenizer.convert_tokens_to_ids("\n")
+
+
+def test_calibration_counts_the_positions_decoding_examines():
+    """A block is decided up to its first mismatch: later rows of the block are left out of the
+    calibration table. Blocks are recovered from rows stored sorted by (doc, position), as logs are."""
+    import numpy as np
+
+    from training.router.datamodule import examined_positions
+
+    rng = np.random.default_rng(0)
+    k, docs, truth = 5, [], []
+    for doc in range(6):  # simulate greedy lossless decoding: a block keeps its drafts up to a mismatch
+        pos, n_blocks = 40 + doc, 0
+        while n_blocks < 12:
+            miss = rng.random(k) < 0.3
+            first = int(np.argmax(miss)) if miss.any() else k
+            for j in range(k):
+                docs.append((doc, pos + j, int(miss[j])))
+                truth.append(j <= first)
+            pos += first + 1 if first < k else k + 1  # the correction (or the bonus) is committed too
+            n_blocks += 1
+    doc_id, position, mismatch = (np.array(c) for c in zip(*docs))
+    stored = np.lexsort((position, doc_id))  # how a shard holds them
+    got = examined_positions(doc_id[stored], position[stored], mismatch[stored], block=k)
+    assert got.tolist() == np.array(truth)[stored].tolist()
+    assert 0 < got.mean() < 1
+    # rows that do not form blocks (a cut shard) count as examined
+    assert examined_positions(np.array([1, 1]), np.array([3, 9]), np.array([1, 1]), block=k).all()

@@ -123,7 +123,7 @@ def read_arrays(path: str, limit_rows: int | None = None) -> LoggedArrays:
     dim = FeatureSpec.from_dict(meta["feature_spec"]).dim
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     features = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
-    names = ["doc_id", "position", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv",
+    names = ["doc_id", "position", "token_id", "drafted_id", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv",
              "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain"]
     columns = {n: table.column(n).to_numpy() for n in names if n in table.column_names}
     return LoggedArrays(features=features, columns=columns, meta=meta)
@@ -156,8 +156,68 @@ def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
     return target_values(arrays, target)
 
 
+def _blocks_of_document(position: np.ndarray, block: int) -> np.ndarray | None:
+    """(R,) block index of each row of one document's cascade-log rows, or None when they do not
+    form blocks. Rows are sorted by position, stably (rows at one position in decode order); each
+    verified block is `block` consecutive positions and starts after the previous block's start, so
+    the number of blocks covering x, n(x), fixes the starts: starts(x) = n(x) - n(x-1) + starts(x-block)."""
+    lo, hi = int(position.min()), int(position.max())
+    n = np.bincount(position - lo, minlength=hi - lo + 1)
+    starts = np.zeros_like(n)
+    for x in range(len(n)):
+        starts[x] = n[x] - (n[x - 1] if x else 0) + (starts[x - block] if x >= block else 0)
+        if starts[x] not in (0, 1):  # a decode step commits at least one token: one block per start
+            return None
+    begin = np.flatnonzero(starts)  # block starts, in decode order
+    covered = np.zeros_like(n)
+    for b in begin:
+        covered[b : b + block] += 1
+    if not np.array_equal(covered, n):
+        return None
+    out = np.empty(len(position), dtype=np.int64)
+    for x, rows in zip(*np.unique(position - lo, return_index=True)):
+        blocks = np.flatnonzero((begin <= x) & (begin > x - block))  # blocks covering x, in decode order
+        out[rows : rows + len(blocks)] = blocks
+    return out
+
+
+def examined_positions(doc_id: np.ndarray, position: np.ndarray, mismatch: np.ndarray, block: int) -> np.ndarray:
+    """(N,) bool: the rows of a cascade log that lossless decoding examines.
+
+    A cascade log holds every drafted position of each verified block, but decoding decides a block
+    only up to its first mismatch: its later rows are never looked at. Rows are stored sorted by
+    (doc_id, position); the blocks are recovered from the positions (_blocks_of_document). A
+    document whose rows do not form blocks counts as examined throughout.
+    """
+    examined = np.ones(len(doc_id), dtype=bool)
+    order = np.lexsort((position, doc_id))  # the stored order (stable)
+    bounds = np.flatnonzero(np.diff(doc_id[order])) + 1
+    for rows in np.split(order, bounds):
+        blocks = _blocks_of_document(position[rows].astype(np.int64), block)
+        if blocks is None:
+            continue
+        for b in np.unique(blocks):
+            in_block = rows[blocks == b]  # its positions in increasing order
+            miss = mismatch[in_block].astype(bool)
+            examined[in_block] = (np.cumsum(miss) - miss) == 0  # no mismatch before this position
+    return examined
+
+
+def calibration_rows(arrays: LoggedArrays) -> np.ndarray:
+    """(N,) bool: rows the calibration table counts (examined_positions for cascade logs, else all)."""
+    meta = arrays.meta or {}
+    cols = arrays.columns
+    if meta.get("mode") != "cascade" or "position" not in cols:
+        return np.ones(len(arrays), dtype=bool)
+    block = int((meta.get("log_config") or {}).get("draft_tokens", 5))
+    # decoding keeps a draft iff it is the target's choice (token_id: the target's argmax in these logs)
+    mismatch = cols["drafted_id"] != cols["token_id"] if "drafted_id" in cols else cols["label_mismatch"] > 0
+    return examined_positions(cols["doc_id"], cols["position"], mismatch, block)
+
+
 def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> TensorDataset:
-    """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,).
+    """Tensors of one split: features (N, F), y_bin (N,), y_reg (N,), tv (N,), gap01 (N,), gap_nll (N,),
+    and calibrated (N,): 1 where the calibration table counts the row (see calibration_rows).
 
     Rows without a value for the target (NaN: e.g. `ref_harm` on chat replies, which have no
     reference text) are left out.
@@ -171,6 +231,7 @@ def split_tensors(arrays: LoggedArrays, mask: np.ndarray, target: str) -> Tensor
         arrays.columns["tv"][mask].astype(np.float32),
         arrays.columns["label_gap01"][mask].astype(np.float32),
         arrays.columns["label_gap_nll"][mask].astype(np.float32),
+        calibration_rows(arrays)[mask].astype(np.float32),
     ]
     return TensorDataset(*(torch.from_numpy(np.ascontiguousarray(p)) for p in parts))
 

@@ -133,7 +133,7 @@ class RouterModule(L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch) -> None:
-        x, y_bin, y_reg, tv, gap01, gap_nll = batch
+        x, y_bin, y_reg, tv, gap01, gap_nll, calibrated = batch
         out = self.net(x)
         score = torch.sigmoid(out) if self.hparams.objective == "classify" else out
         self.log(f"{stage}/loss", self.loss(out, y_bin, y_reg), on_epoch=True, batch_size=x.shape[0])
@@ -142,7 +142,8 @@ class RouterModule(L.LightningModule):
         self.metrics[stage]["ap"].update(score, target)
         if self.hparams.objective == "classify":
             self.metrics[stage]["ece"].update(score, target)
-        for name, t in (("score", score), ("y", y_bin), ("tv", tv), ("gap01", gap01), ("gap_nll", gap_nll)):
+        for name, t in (("score", score), ("y", y_bin), ("tv", tv), ("gap01", gap01), ("gap_nll", gap_nll),
+                        ("calibrated", calibrated)):
             self._collected.setdefault(f"{stage}/{name}", []).append(t.detach().cpu())
 
     def _undefined_ranking_metrics(self, stage: str, y, values: dict) -> None:
@@ -186,8 +187,11 @@ class RouterModule(L.LightningModule):
             del self._collected[k]
         if stage == "val":
             self.last_val_metrics = {k: float(v) for k, v in values.items()}
+            # deferral rates as decoding counts them: over the positions it examines (cascade logs)
+            rows = got["calibrated"] > 0.5
             self.calibration = build_table(
-                got["score"], got["gap01"], got["gap_nll"], got["tv"], alpha=self.hparams.alpha, split="val"
+                got["score"][rows], got["gap01"][rows], got["gap_nll"][rows], got["tv"][rows],
+                alpha=self.hparams.alpha, split="val",
             )
 
     def on_validation_epoch_end(self) -> None:
