@@ -286,7 +286,7 @@ def test_undefined_auroc_is_nan_with_a_warning(capsys):
     n = 16
     x = torch.randn(n, 3)
     zeros = torch.zeros(n)
-    batch = (x, zeros, zeros, torch.rand(n), zeros, zeros)  # no position needs deferral
+    batch = (x, zeros, zeros, torch.rand(n), zeros, zeros, torch.ones(n))  # no position needs deferral
     for _ in range(2):  # two validation epochs: one warning
         module._eval_step("val", batch)
         module._eval_epoch_end("val")
