@@ -35,6 +35,17 @@ def pad_token_id(pair: Pair) -> int:
     return 0
 
 
+def encode_messages(pair: Pair, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template, ready for the reply."""
+    tok = pair.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise DeferralError("the target's tokenizer has no chat template: send plain prompts instead")
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    if hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
 def encode_prompts(pair: Pair, texts: list[str], chat: bool = False) -> list[list[int]]:
     """Token ids per prompt; `chat` wraps each as a user turn of the tokenizer's chat template."""
     tok = pair.tokenizer
@@ -45,11 +56,7 @@ def encode_prompts(pair: Pair, texts: list[str], chat: bool = False) -> list[lis
         if chat:
             if not getattr(tok, "chat_template", None):
                 raise DeferralError("--chat was given but the target's tokenizer has no chat template: drop --chat")
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            if hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
+            ids = encode_messages(pair, [{"role": "user", "content": text}])
         else:
             ids = tok(text, add_special_tokens=True)["input_ids"]
         if not ids:

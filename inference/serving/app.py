@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from deferral.errors import DeferralError
 from inference.batch import context_room
-from inference.runner import encode_prompts
+from inference.runner import encode_messages, encode_prompts
 from inference.serving.engine import Engine, Job
 from inference.serving.requests import CascadeChoice, RequestError, Sampling, load_body, parse_request
 
@@ -36,18 +36,12 @@ def error_response(message: str, status: int = 400, param: str | None = None) ->
 
 
 def encode(pair, parsed) -> list[int]:
-    tok = pair.tokenizer
-    if parsed.kind == "chat":
-        if not getattr(tok, "chat_template", None):
-            raise RequestError("the target's tokenizer has no chat template: use /v1/completions", "messages")
-        ids = tok.apply_chat_template(parsed.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
     try:
+        if parsed.kind == "chat":
+            return encode_messages(pair, parsed.messages)
         return encode_prompts(pair, [parsed.prompt], chat=False)[0]
     except DeferralError as exc:
-        raise RequestError(str(exc), "prompt") from None
+        raise RequestError(str(exc), "messages" if parsed.kind == "chat" else "prompt") from None
 
 
 def fit_to_context(parsed, prompt_ids: list[int], max_context: int, param: str) -> None:
