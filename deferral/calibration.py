@@ -103,3 +103,48 @@ def deferral_rate(scores: np.ndarray, threshold: float, tv: np.ndarray | None = 
     if alpha and tv is not None:
         s = s - alpha * np.asarray(tv, dtype=np.float64)
     return float((s > threshold).mean()) if s.size else 0.0
+
+
+def decoded_rate_table(measured: list[dict], **provenance) -> dict:
+    """The decode-time calibration table from measured (threshold, decoded deferral rate) points.
+
+    `measured` holds one {"threshold", "deferral_rate", "examined"} per decode of the calibration
+    prompts (and optionally "step", the decode order). Sorted by threshold; the rate is made non-increasing in the threshold (a running
+    minimum from the lowest threshold up), since a higher threshold defers less in expectation and
+    a measured bump is decoding noise, not a property to interpolate through.
+    """
+    if not measured:
+        raise DeferralError("no decode measurements to calibrate on: decode at least one threshold")
+    rows = sorted(({k: float(r[k]) for k in ("threshold", "deferral_rate")}
+                   | {k: int(r[k]) for k in ("examined", "step") if k in r} for r in measured),
+                  key=lambda r: r["threshold"])
+    running = 1.0
+    for row in rows:
+        running = min(running, row["deferral_rate"])
+        row["monotone_rate"] = running
+    return {"measured_on": "decode", **provenance, "rows": rows}
+
+
+def decoded_rate_range(table: dict) -> tuple[float, float]:
+    """(lowest, highest) deferral rate measured while decoding."""
+    rates = [r["monotone_rate"] for r in table["rows"]]
+    return min(rates), max(rates)
+
+
+def threshold_for_decoded_rate(table: dict, rate: float) -> float:
+    """Threshold at which decoding defers `rate` of the examined positions (linear interpolation
+    between measured thresholds; the end thresholds outside the measured range)."""
+    if not 0.0 <= rate <= 1.0:
+        raise DeferralError(f"--deferral-rate {rate} is outside [0, 1]: pass a fraction such as 0.3")
+    rows = table["rows"]  # sorted by threshold; monotone_rate non-increasing along them
+    if rate >= rows[0]["monotone_rate"]:
+        return float(rows[0]["threshold"])
+    # From the highest threshold down, the first segment whose rates span `rate`: on a plateau
+    # (equal rates at several thresholds) that is the highest threshold reaching the rate, and
+    # above a plateau the interpolation starts from its lowest threshold, where the rate last held.
+    for low, high in zip(reversed(rows[:-1]), reversed(rows[1:])):
+        r_low, r_high = low["monotone_rate"], high["monotone_rate"]
+        if r_high <= rate <= r_low and r_low > r_high:
+            share = (rate - r_high) / (r_low - r_high)
+            return float(high["threshold"] - share * (high["threshold"] - low["threshold"]))
+    return float(rows[-1]["threshold"])  # below every measured rate: the least deferral measured

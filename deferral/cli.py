@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "train": ("training.router.cli", "train the router (LightningCLI: fit/validate/test)"),
     "baselines": ("training.router.baselines_cli", "logistic regression and the paper's rules on the router's splits"),
     "export": ("training.router.export", "turn a training checkpoint or MLflow run into a router export folder"),
+    "calibrate": ("inference.calibrate_cli", "measure a router's deferral rates while decoding; store the thresholds"),
     "serve": ("inference.serve_cli", "an OpenAI-compatible HTTP server decoding with speculative cascades"),
     "evaluate": ("inference.evaluate_cli", "sweep every rule's knob on a task: cost-quality tables and plots"),
     "distill": ("training.distill.distill_cli", "distil a small drafter for a target"),

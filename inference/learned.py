@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.router import Router, load_router, read_router_meta
 from deferral.rules import Learned
+
+DECODE_CALIBRATION_KEY = "decode_calibration"  # router.json: thresholds measured while decoding
+RATE_SLACK = 0.02  # a rate this close outside the measured ones still reads the decode table (ends held)
 
 
 def pair_mismatch(trained: dict, loaded: dict) -> str | None:
@@ -31,21 +36,31 @@ def pair_mismatch(trained: dict, loaded: dict) -> str | None:
 
 
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
-    """The score threshold: given directly, read off the calibration table for a deferral rate, or
-    the export's default."""
-    from deferral.calibration import threshold_for_rate
+    """The score threshold: given directly, read off a calibration table for a deferral rate, or
+    the export's default. A table measured while decoding (`deferral calibrate`) is preferred to
+    the one over logged positions wherever it covers the rate."""
+    from deferral.calibration import decoded_rate_range, threshold_for_decoded_rate, threshold_for_rate
 
     if threshold is not None and deferral_rate is not None:
         raise DeferralError("give either --threshold or --deferral-rate, not both")
     if threshold is not None:
         return float(threshold)
     table = meta.get("calibration")
+    decoded = meta.get(DECODE_CALIBRATION_KEY)
     if deferral_rate is not None:
-        if table and abs(float(table.get("alpha", 0.0)) - alpha) > 1e-12:
-            raise DeferralError(
-                f"the router's calibration table was built at alpha={table.get('alpha')}, not {alpha}: "
-                "drop --alpha or pass --threshold instead of --deferral-rate"
-            )
+        for t in (table, decoded):
+            if t and abs(float(t.get("alpha", 0.0)) - alpha) > 1e-12:
+                raise DeferralError(
+                    f"the router's calibration table was built at alpha={t.get('alpha')}, not {alpha}: "
+                    "drop --alpha or pass --threshold instead of --deferral-rate"
+                )
+        if decoded:
+            low, high = decoded_rate_range(decoded)
+            if low - RATE_SLACK <= deferral_rate <= high + RATE_SLACK:
+                return threshold_for_decoded_rate(decoded, deferral_rate)
+            print(f"warning: --deferral-rate {deferral_rate} lies outside the rates measured while decoding "
+                  f"({low:.2f}-{high:.2f}, `deferral calibrate`): the threshold comes from the logged positions, "
+                  "whose rates decoding does not keep", file=sys.stderr)
         return threshold_for_rate(table, deferral_rate)
     return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
 

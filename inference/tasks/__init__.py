@@ -21,8 +21,9 @@ def check_limit(limit: int | None) -> None:
 
 
 def make_task(spec: str, limit: int | None = None, chat: bool | None = None, seed: int = 0,
-              prompt_column: str = "prompt", reference_column: str = "reference") -> Task:
-    """Build a task from its command-line name. `chat=None` uses each task's own default."""
+              prompt_column: str = "prompt", reference_column: str | None = "reference", part: str = "heldout") -> Task:
+    """Build a task from its command-line name. `chat=None` uses each task's own default; `part`
+    picks the stdlib files cut (held-out for evaluation, train for calibration)."""
     check_task_name(spec)
     check_limit(limit)
     if spec == "humaneval":
@@ -34,7 +35,7 @@ def make_task(spec: str, limit: int | None = None, chat: bool | None = None, see
 
         if chat:
             raise DeferralError("the stdlib task continues raw source text: drop --chat")
-        return StdlibContinuation(limit=50 if limit is None else limit, seed=seed)
+        return StdlibContinuation(limit=50 if limit is None else limit, seed=seed, part=part)
     from inference.tasks.hf_dataset import HFDataset  # spec is "hf:<dataset or file>"
 
     return HFDataset(spec[3:], prompt_column, reference_column, limit=limit, chat=bool(chat))

@@ -46,15 +46,16 @@ class HFDataset(Task):
     name = "hf"
     quality_key = "chrf"
 
-    def __init__(self, spec: str, prompt_column: str = "prompt", reference_column: str = "reference",
+    def __init__(self, spec: str, prompt_column: str = "prompt", reference_column: str | None = "reference",
                  limit: int | None = None, chat: bool = False):
+        """`reference_column=None` reads prompts only (calibration decodes without scoring)."""
         self.spec, self.prompt_column, self.reference_column = spec, prompt_column, reference_column
         self.limit, self.chat = limit, chat
 
     def examples(self) -> list[Example]:
         rows = load_rows(self.spec)
         for column in (self.prompt_column, self.reference_column):
-            if column not in rows.column_names:
+            if column is not None and column not in rows.column_names:
                 raise DeferralError(
                     f"dataset '{self.spec}' has no column '{column}' (columns: {', '.join(rows.column_names)}): "
                     "pass --prompt-column / --reference-column"
@@ -64,7 +65,8 @@ class HFDataset(Task):
         if len(rows) == 0:
             raise DeferralError(f"dataset '{self.spec}' has no rows: choose another split or file")
         return [
-            Example(id=str(i), prompt=str(r[self.prompt_column]), reference=str(r[self.reference_column]))
+            Example(id=str(i), prompt=str(r[self.prompt_column]),
+                    reference=str(r[self.reference_column]) if self.reference_column else None)
             for i, r in enumerate(rows)
         ]
 

@@ -69,24 +69,29 @@ class StdlibContinuation(Task):
     chat = False
 
     def __init__(self, limit: int = 50, context_lines: int = 40, reference_lines: int = 4, seed: int = 0,
-                 root: str | Path | None = None):
+                 root: str | Path | None = None, part: str = "heldout"):
         self.limit, self.context_lines, self.reference_lines, self.seed = limit, context_lines, reference_lines, seed
         self.root = Path(root) if root else stdlib_root()
+        if part not in ("heldout", "train"):
+            raise DeferralError(f"unknown stdlib part '{part}': use heldout (evaluation) or train (calibration)")
+        self.part = part
 
-    def held_out_files(self) -> list[Path]:
-        """The held-out stdlib part, or the held-out files of another source folder (`root`)."""
+    def source_files(self) -> list[Path]:
+        """The files of this part (held-out by default; `train` for calibrating on text that no
+        evaluation uses), of the standard library or of another source folder (`root`)."""
         if self.root == stdlib_root():
-            return stdlib_files("heldout")
+            return stdlib_files(self.part)
         if not self.root.is_dir():
             raise DeferralError(f"source folder {self.root} does not exist: pass an existing folder")
-        return sorted(p for p in self.root.rglob("*.py") if is_heldout(p.relative_to(self.root).as_posix()))
+        wanted = self.part == "heldout"
+        return sorted(p for p in self.root.rglob("*.py") if is_heldout(p.relative_to(self.root).as_posix()) == wanted)
 
     def examples(self) -> list[Example]:
-        files = [(p.relative_to(self.root).as_posix(), p) for p in self.held_out_files()]
+        files = [(p.relative_to(self.root).as_posix(), p) for p in self.source_files()]
         files = [(name, p.read_text(errors="replace")) for name, p in files if not name.startswith(SKIPPED_PACKAGES)]
         examples = cut_examples(files, self.limit, self.context_lines, self.reference_lines, self.seed)
         if not examples:
-            raise DeferralError(f"no held-out source files with enough lines under {self.root}: point at another folder")
+            raise DeferralError(f"no {self.part} source files with enough lines under {self.root}: point at another folder")
         return examples
 
     def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
@@ -94,4 +99,4 @@ class StdlibContinuation(Task):
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root), "limit": self.limit, "seed": self.seed,
-                "context_lines": self.context_lines, "reference_lines": self.reference_lines}
+                "part": self.part, "context_lines": self.context_lines, "reference_lines": self.reference_lines}
