@@ -113,3 +113,22 @@ def read_json_record(path: str | Path, fix: str) -> dict:
     if not isinstance(record, dict):
         raise DeferralError(f"{path} is corrupt (a JSON {type(record).__name__}, not an object): {fix}")
     return record
+
+
+def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
+    """The complete records of a JSON-lines file written by appending ([] when there is none). A line
+    cut by an interruption, and whatever follows it, is left out; `repair` also cuts it from the file,
+    so that the next append starts on a clean line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    if repair and len(records) != len(lines):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records

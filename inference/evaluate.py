@@ -1,13 +1,16 @@
 """The cost-quality sweep: which (rule, mode, knob, K) points to decode, how to decode one, and how
 to summarise it as a results row. No file I/O here (the CLI, `inference.evaluate_cli`, owns that).
 
-Every sweep starts with its three references: the target alone (whose wall-clock time is the unit
-of relative latency), the drafter alone and lossless speculative decoding at each K. Then each rule
-is swept over its knob, speculatively at each K and as a sequential cascade.
+Every sweep starts with its three references: the target alone (whose time is the unit of relative
+latency), the drafter alone and lossless speculative decoding at each K. Then each rule is swept
+over its knob, speculatively at each K and as a sequential cascade. A row's relative latency comes
+from the sweep's single pass (single_run_fields) until the timing stage (inference.timing) has
+timed every point interleaved and repeated (timed_fields).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -113,12 +116,17 @@ def decode_point(
     return generations, time.perf_counter() - start
 
 
-def warm_up(pair: Pair, prompts: list[list[int]], cfg: DecodeConfig) -> None:
-    """Run both models once on a short decode so one-time costs (allocator, kernels, lazy init) do
-    not land in the first timed point, which is the target-only reference."""
+def warm_up(
+    pair: Pair, prompts: list[list[int]], cfg: DecodeConfig, points: list[tuple[DeferralRule, SweepPoint]] | None = None
+) -> None:
+    """Run a short decode of the first prompt under each (rule, point) (default: lossless speculative
+    decoding and the target) so that one-time costs (allocator, kernels, lazy init) do not land in a
+    timed decode."""
     short = DecodeConfig(**{**asdict(cfg), "max_new_tokens": min(8, cfg.max_new_tokens)})
-    run(pair, make_rule("speculative"), prompts[:1], short)
-    run(pair, make_rule("target"), prompts[:1], short)
+    points = points or [(make_rule("speculative"), SweepPoint("speculative", "speculative")),
+                        (make_rule("target"), SweepPoint("target", BASELINE))]
+    for rule, point in points:
+        decode_point(pair, rule, point, prompts[:1], short, 1)
 
 
 @torch.inference_mode()
@@ -150,6 +158,23 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def single_run_fields(wall_s: float, target_wall_s: float) -> dict:
+    """A row's latency fields from the sweep's one pass over all prompts, point after point (not
+    interleaved, not repeated: `timing_repeats` 0)."""
+    return {"relative_latency": wall_s / target_wall_s if target_wall_s else 1.0, "relative_latency_low": None,
+            "relative_latency_high": None, "timing_repeats": 0, "timing_prompts": 0, "timing_s": []}
+
+
+def timed_fields(repeats: list[dict[str, float]], key: str, target_key: str, prompts: int) -> dict:
+    """A row's latency fields from interleaved, repeated timing (inference.timing): in each repeat its
+    seconds over the target's seconds; the median of those ratios is the relative latency, their
+    lowest and highest the spread."""
+    ratios = [r[key] / r[target_key] for r in repeats]
+    return {"relative_latency": statistics.median(ratios), "relative_latency_low": min(ratios),
+            "relative_latency_high": max(ratios), "timing_repeats": len(repeats), "timing_prompts": prompts,
+            "timing_s": [r[key] for r in repeats]}
+
+
 def summarize(
     point: SweepPoint,
     generations: list[Generation],
@@ -176,7 +201,7 @@ def summarize(
         "draft_tokens": point.draft_tokens,
         "quality": metrics[quality_key],
         "quality_key": quality_key,
-        "relative_latency": wall_s / target_wall_s if target_wall_s else 1.0,
+        **single_run_fields(wall_s, target_wall_s),
         "wall_s": wall_s,
         "target_calls_per_token": ratio(total["target_calls"], total["new_tokens"]),
         "tokens_per_target_call": ratio(total["new_tokens"], total["target_calls"]),

@@ -1,14 +1,17 @@
 """`deferral evaluate`: sweep every rule's knob on a task and write the cost-quality frontier.
 
 Writes into --out: results.jsonl (one row per rule, mode, knob and K, appended as each completes),
-generations.jsonl (the decoded texts), tables.md, quality_vs_latency.png, quality_vs_deferral.png,
-and run.json (the setup; a rerun with the same setup skips finished rows, another setup is refused).
-The same results go to MLflow (one run per output folder, resumed on rerun).
+generations.jsonl (the decoded texts), timings.jsonl (one line per repeat of the timing stage, which
+times every point interleaved with the others, --timing-repeats times on --timing-prompts prompts),
+tables.md, quality_vs_latency.png, quality_vs_deferral.png, and run.json (the setup; a rerun with the
+same setup skips finished rows and repeats, another setup is refused). The same results go to MLflow
+(one run per output folder, resumed on rerun).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,13 +26,17 @@ from deferral.outputs import (
     check_tracking_store,
     read_json_record,
     quiet_mlflow,
+    read_jsonl,
     tracking_off,
 )
 from deferral.rules import HAND_SET_RULES
 from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
+from inference.runner import encode_prompts
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
+from inference.timing import TIMINGS_FILE
 
 ROUTER_KEY = "router"  # the setup's record of the learned rule's router (its files' sha256)
+LOGGED_REFERENCE_KEYS = ("quality", "relative_latency", "relative_latency_low", "relative_latency_high")
 
 
 def build_parser() -> ArgumentParser:
@@ -61,7 +68,12 @@ def build_parser() -> ArgumentParser:
                         help="learned rule: score thresholds to sweep (instead of --deferral-rates)")
     add_decode_arguments(parser)
     parser.add_argument("--threads", type=int | None, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
+                        help="torch CPU threads (default: the physical cores this process may run on)")
+    parser.add_argument("--timing-repeats", type=int, default=3,
+                        help="after the sweep, time every point this many times on --timing-prompts prompts, "
+                             "interleaved with the others (0: relative latency from the sweep's single pass)")
+    parser.add_argument("--timing-prompts", type=int, default=8,
+                        help="the task's first N prompts are timed (all of them when there are fewer)")
     parser.add_argument("--no-fidelity", action="store_true",
                         help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
     parser.add_argument("--out", type=str, default="runs/evaluate", help="output folder (resumed when it exists)")
@@ -80,7 +92,7 @@ class ResultsStore:
         self.results, self.generations, self.meta_path = out / "results.jsonl", out / "generations.jsonl", out / "run.json"
         fix = f"choose a new --out, or delete {out} to start it over"
         self.meta = read_json_record(self.meta_path, fix) if self.meta_path.is_file() else {}
-        self.rows = self._read(self.results)
+        self.rows = read_jsonl(self.results, repair=True)  # a row cut by an interruption is redone
         if self.meta:
             setup = self._check_setup(self.meta.get("setup") or {}, setup)
         self.meta["setup"] = setup
@@ -107,23 +119,9 @@ class ResultsStore:
             )
         return setup
 
-    @staticmethod
-    def _read(path: Path) -> list[dict]:
-        if not path.is_file():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by an interruption: that row is redone
-        return rows
-
     def _drop_unfinished(self) -> None:
-        """After an interruption: keep only complete rows, and only the generations of those rows."""
-        if self.results.is_file() and len(self.results.read_text().splitlines()) != len(self.rows):
-            self.results.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        generations = self._read(self.generations)
+        """After an interruption: keep only the generations of complete rows."""
+        generations = read_jsonl(self.generations)
         kept = [g for g in generations if g["key"] in self.done]
         if len(kept) != len(generations):
             self.generations.write_text("".join(json.dumps(g) + "\n" for g in kept))
@@ -133,7 +131,7 @@ class ResultsStore:
 
     def replies(self, key: str) -> list[str] | None:
         texts = {}
-        for row in self._read(self.generations):
+        for row in read_jsonl(self.generations):
             if row["key"] == key:
                 texts[row["index"]] = row["text"]
         return [texts[i] for i in sorted(texts)] if texts else None
@@ -147,6 +145,15 @@ class ResultsStore:
             f.write(json.dumps(row) + "\n")
         self.rows.append(row)
         self.done.add(row["key"])
+
+    def update(self, rows: list[dict]) -> None:
+        """Replace the rows of the same keys (the timing stage's latencies) and rewrite results.jsonl
+        in one step (a new file renamed over the old one)."""
+        new = {row["key"]: row for row in rows}
+        self.rows = [new.get(row["key"], row) for row in self.rows]
+        temporary = self.results.with_name(self.results.name + ".tmp")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+        os.replace(temporary, self.results)
 
     def set_meta(self, **values) -> None:
         self.meta.update(values)
@@ -233,13 +240,10 @@ def run_name(args, pair, task) -> str:
     return f"evaluate {task.name} | {short_name(pair.drafter.source)} -> {short_name(pair.target.source)} | {rules}"
 
 
-def sweep(args, pair, task, store: ResultsStore, points, cfg) -> None:
-    """Decode every point not yet in the store, appending each row as it completes."""
+def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts) -> None:
+    """Decode every point not yet in the store over all prompts, appending each row as it completes."""
     from inference.evaluate import decode_point, fidelity, summarize, warm_up
-    from inference.runner import encode_prompts
 
-    examples = task.examples()
-    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
     build_rule = rule_factory(args, pair)
     todo = [p for p in points if p.key not in store.done]
     if len(todo) < len(points):
@@ -260,10 +264,49 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg) -> None:
         row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key)
         store.append(row, replies, [g.tokens for g in generations])
         tqdm.write(
-            f"{point.key}: {task.quality_key}={row['quality']:.3f} relative latency={row['relative_latency']:.2f} "
+            f"{point.key}: {task.quality_key}={row['quality']:.3f} wall={wall_s:.1f} s "
             f"deferral={row['deferral_rate'] if row['deferral_rate'] is not None else float('nan'):.2f}",
             file=sys.stderr,
         )
+
+
+def timing_setup(args) -> str:
+    """One line of the setup: the threads and how latencies will be timed."""
+    import torch
+
+    threads = f"torch threads: {torch.get_num_threads()} " + \
+        ("(--threads)" if args.threads else "(the physical cores this process may run on; --threads N to change)")
+    if not args.timing_repeats:
+        return f"{threads}; relative latency: the sweep's single pass (--timing-repeats 0)"
+    return (f"{threads}; relative latency: {args.timing_repeats} repeats on the first {args.timing_prompts} prompts, "
+            "every point interleaved with the others")
+
+
+def time_sweep(args, pair, store: ResultsStore, points, cfg, prompts) -> None:
+    """The latencies of the swept rows: interleaved and repeated on the first --timing-prompts prompts
+    (inference.timing, resumable in timings.jsonl), or with --timing-repeats 0 the sweep's one pass."""
+    import torch
+
+    from inference.evaluate import single_run_fields, timed_fields
+    from inference.timing import TimingStore, time_points
+
+    rows = {r["key"]: r for r in store.rows}
+    target_key = points[0].key
+    if args.timing_repeats == 0:
+        fields = {p.key: single_run_fields(rows[p.key]["wall_s"], rows[target_key]["wall_s"]) for p in points}
+    else:
+        subset = prompts[: args.timing_prompts]
+        stage = {"points": [p.key for p in points], "prompts": len(subset), "batch_size": args.batch_size,
+                 "threads": torch.get_num_threads()}
+        build_rule = rule_factory(args, pair)
+        timings = TimingStore(store.out / TIMINGS_FILE, stage)
+        if timings.repeats:
+            print(f"resuming: {min(len(timings.repeats), args.timing_repeats)} of {args.timing_repeats} timing repeats "
+                  f"already in {timings.path}", file=sys.stderr)
+        repeats = time_points(pair, [(p, build_rule(p)) for p in points], subset, cfg, args.batch_size,
+                              args.timing_repeats, timings)
+        fields = {p.key: timed_fields(repeats, p.key, target_key, len(subset)) for p in points}
+    store.update([{**rows[key], **values} for key, values in fields.items()])
 
 
 def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: dict) -> str:
@@ -286,29 +329,25 @@ def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: 
         for row in store.rows:
             if row["mode"] == "baseline" or row["rule"] == "speculative":
                 prefix = row["rule"] + (f"/K{row['draft_tokens']}" if row["draft_tokens"] else "")
-                mlflow.log_metrics({f"{prefix}/quality": row["quality"], f"{prefix}/relative_latency": row["relative_latency"]})
+                mlflow.log_metrics({f"{prefix}/{k}": row[k] for k in LOGGED_REFERENCE_KEYS if row.get(k) is not None})
         for (rule, mode), summary in summaries.items():
             mlflow.log_metrics({f"{rule}/{mode}/{k}": float(v) for k, v in summary.items() if v is not None})
         columns = [k for k in store.rows[0] if k != "metrics"]
-        mlflow.log_table({c: [r[c] for r in store.rows] for c in columns}, artifact_file="results_table.json")
-        for path in [store.results, store.meta_path, *paths.values()]:
+        mlflow.log_table({c: [r.get(c) for r in store.rows] for c in columns}, artifact_file="results_table.json")
+        timings = store.out / TIMINGS_FILE
+        for path in [store.results, store.meta_path, *paths.values(), *([timings] if timings.is_file() else [])]:
             mlflow.log_artifact(str(path))
     return run.info.run_id
 
 
 def main(argv: list[str]) -> int:
-    from deferral.pair import load_pair
-    from inference.evaluate import plan_sweep
-    from inference.report import summaries, write_report
-
     args = parse(build_parser(), argv)
     args.no_mlflow = args.no_mlflow or tracking_off(args.tracking_uri)  # --no-mlflow: the older spelling
-    if args.threads is not None:
-        if args.threads < 1:
-            raise DeferralError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise DeferralError(f"--threads must be at least 1, got {args.threads}")
+    if args.timing_repeats < 0 or args.timing_prompts < 1:
+        raise DeferralError(f"--timing-repeats must be >= 0 and --timing-prompts >= 1, got {args.timing_repeats} "
+                            f"and {args.timing_prompts}")
     check_limit(args.limit)
     check_task_name(args.task)
     check_output_folder(args.out)  # before any decoding
@@ -318,6 +357,23 @@ def main(argv: list[str]) -> int:
         from inference.tasks.sandbox import require_isolation
 
         require_isolation(args.unsafe_allow_network)
+    import torch
+
+    from inference.timing import default_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads or default_threads())
+    try:
+        return evaluate(args)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting, when called in-process
+
+
+def evaluate(args) -> int:
+    from deferral.pair import load_pair
+    from inference.evaluate import plan_sweep
+    from inference.report import summaries, write_report
+
     cfg = decode_config(args)
     ks = args.draft_tokens_list or [args.draft_tokens]
     points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args), block_rules(args))
@@ -340,7 +396,11 @@ def main(argv: list[str]) -> int:
     if "learned" in args.rules:
         setup[ROUTER_KEY] = router_identity(args.router)
     store = ResultsStore(Path(args.out), setup)
-    sweep(args, pair, task, store, points, cfg)
+    examples = task.examples()
+    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    print(timing_setup(args), file=sys.stderr)
+    sweep(args, pair, task, store, points, cfg, examples, prompts)
+    time_sweep(args, pair, store, points, cfg, prompts)
     wanted = {p.key for p in points}
     rows = [r for r in store.rows if r["key"] in wanted]
     name = run_name(args, pair, task)

@@ -1,4 +1,5 @@
-"""`deferral evaluate` on the tiny pair with a three-prompt local task: files, resume, errors, MLflow."""
+"""`deferral evaluate` on the tiny pair with a three-prompt local task: files, resume (of the sweep and
+of the timing stage), errors, MLflow."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 from deferral.cli import main as cli
 from deferral.errors import DeferralError
 from inference.config import Generation, RequestStats
-from inference.evaluate import BASELINE, SweepPoint, alpha_grid, plan_sweep, summarize
+from inference.evaluate import BASELINE, SweepPoint, alpha_grid, plan_sweep, single_run_fields, summarize
 
 PROMPTS = [("def add(a, b):\n", "    return a + b"), ("import os\n", "import sys"), ("x = 1\n", "y = 2")]
 
@@ -34,7 +35,8 @@ def evaluate_args(tiny_dir, task_file, out, *extra):
     return [
         "evaluate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
         "--task", f"hf:{task_file}", "--rules", "[chow]", "--alphas", "{chow: [0.5]}",
-        "--modes", "[speculative, sequential]", "--max-new-tokens", "8", "--out", str(out), *extra,
+        "--modes", "[speculative, sequential]", "--max-new-tokens", "8", "--out", str(out),
+        "--threads", "1", "--timing-repeats", "2", "--timing-prompts", "2", *extra,
     ]
 
 
@@ -50,7 +52,7 @@ def finished(tiny_dir, task_file, tmp_path_factory):
 
 
 def test_writes_every_file_with_one_row_per_point(finished):
-    for name in ("results.jsonl", "generations.jsonl", "tables.md", "quality_vs_latency.png",
+    for name in ("results.jsonl", "generations.jsonl", "timings.jsonl", "tables.md", "quality_vs_latency.png",
                  "quality_vs_deferral.png", "run.json"):
         assert (finished / name).is_file() and (finished / name).stat().st_size > 0, name
     rows = read_jsonl(finished / "results.jsonl")
@@ -64,6 +66,8 @@ def test_writes_every_file_with_one_row_per_point(finished):
         assert row["prompts"] == 3 and row["quality_key"] == "chrf"
         assert {"exact_line", "chrf", "rouge_l", "target_nll", "rouge_l_vs_target"} <= set(row["metrics"])
         assert row["relative_latency"] > 0
+        assert row["timing_repeats"] == 2 and row["timing_prompts"] == 2 and len(row["timing_s"]) == 2
+        assert row["relative_latency_low"] <= row["relative_latency"] <= row["relative_latency_high"]
     assert rows[1]["target_calls"] == 0 and rows[1]["deferral_rate"] == 0.0
     tables = (finished / "tables.md").read_text()
     assert "## chow (speculative)" in tables and "## chow (sequential)" in tables and "speed-up at target quality" in tables
@@ -89,6 +93,50 @@ def test_rerun_skips_finished_rows_and_redoes_a_cut_one(finished, tiny_dir, task
     assert cli(evaluate_args(tiny_dir, task_file, finished, "--no-mlflow")) == 0
     after = read_jsonl(results)
     assert [r["key"] for r in after] == [json.loads(line)["key"] for line in before]
+
+
+LATENCY_FIELDS = set(single_run_fields(1.0, 1.0))  # what the timing stage writes into a row
+
+
+def test_an_interrupted_timing_stage_resumes_and_keeps_its_finished_repeats(tiny_dir, task_file, tmp_path, monkeypatch):
+    import inference.timing
+
+    out, add = tmp_path / "run", inference.timing.TimingStore.add
+
+    def add_then_stop(self, seconds):
+        add(self, seconds)
+        raise KeyboardInterrupt  # killed right after the first repeat is recorded
+
+    monkeypatch.setattr(inference.timing.TimingStore, "add", add_then_stop)
+    assert cli(evaluate_args(tiny_dir, task_file, out, "--no-mlflow")) == 130
+    [first] = read_jsonl(out / "timings.jsonl")
+    swept = read_jsonl(out / "results.jsonl")
+    assert all(r["timing_repeats"] == 0 for r in swept)  # the sweep's single pass until timing completes
+    monkeypatch.setattr(inference.timing.TimingStore, "add", add)
+    decoded, decode = [], inference.timing.decode_point
+    monkeypatch.setattr(inference.timing, "decode_point", lambda *a: decoded.append(a[2].key) or decode(*a))
+    assert cli(evaluate_args(tiny_dir, task_file, out, "--no-mlflow")) == 0
+    timings = read_jsonl(out / "timings.jsonl")
+    assert len(timings) == 2 and timings[0] == first
+    assert sorted(decoded) == sorted(r["key"] for r in swept for _ in range(2))  # one repeat: 2 prompts, batch 1
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["key"] for r in rows] == [r["key"] for r in swept]
+    for before, after in zip(swept, rows):
+        assert {k: v for k, v in before.items() if k not in LATENCY_FIELDS} == \
+            {k: v for k, v in after.items() if k not in LATENCY_FIELDS}
+        assert after["timing_repeats"] == 2 and after["timing_s"][0] == first["seconds"][after["key"]]
+
+
+def test_no_timing_repeats_takes_latencies_from_the_sweep_pass(tiny_dir, task_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli(evaluate_args(tiny_dir, task_file, out, "--no-mlflow", "--modes", "[speculative]",
+                             "--timing-repeats", "0")) == 0
+    assert not (out / "timings.jsonl").exists()
+    rows = read_jsonl(out / "results.jsonl")
+    for row in rows:
+        assert row["timing_repeats"] == 0 and row["relative_latency_low"] is None
+        assert row["relative_latency"] == pytest.approx(row["wall_s"] / rows[0]["wall_s"])
+    assert "(1 run)" in (out / "tables.md").read_text()
 
 
 def test_another_setup_in_the_same_folder_is_refused(finished, tiny_dir, task_file, capsys):
@@ -162,3 +210,4 @@ def test_demo_refuses_a_missing_router_config_in_one_line(tmp_path, capsys):
     assert cli(["demo", "--router-config", str(tmp_path / "none.yaml"), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "router config" in err[0] and "--router-config" in err[0]
+

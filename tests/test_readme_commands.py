@@ -24,7 +24,7 @@ SHRINK = {
     "generate": ["--max-new-tokens", "4"],
     "log": ["--max-docs", "4", "--max-len", "96", "--no-tracking", "--no-progress"],
     "train": ["--trainer.max_epochs", "1", "--mlflow.tracking_uri", "none"],
-    "evaluate": ["--limit", "1", "--max-new-tokens", "4", "--no-mlflow"],
+    "evaluate": ["--limit", "1", "--max-new-tokens", "4", "--no-mlflow", "--timing-repeats", "1", "--threads", "1"],
 }
 PAIR_COMMANDS = ("generate", "log", "evaluate")
 SKIPPED = ("serve", "demo")
