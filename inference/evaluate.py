@@ -142,10 +142,25 @@ def target_nll_per_token(pair: Pair, prompt: list[int], tokens: list[int]) -> fl
 
 
 def fidelity(
-    pair: Pair, prompts: list[list[int]], generations: list[Generation], replies: list[str], target_replies: list[str]
+    pair: Pair,
+    prompts: list[list[int]],
+    generations: list[Generation],
+    replies: list[str],
+    target_replies: list[str],
+    seen: dict[tuple, float | None] | None = None,
 ) -> dict[str, float]:
-    """Fidelity to the target: its NLL per generated token, ROUGE-L against its own greedy replies."""
-    nlls = [target_nll_per_token(pair, p, g.tokens) for p, g in zip(prompts, generations)]
+    """Fidelity to the target: its NLL per generated token, ROUGE-L against its own greedy replies.
+
+    `seen` keeps the NLL of every (prompt index, tokens) scored so far: a point whose reply to a prompt
+    equals an earlier point's (lossless speculative decoding and the target, say) is not scored again.
+    """
+    seen = {} if seen is None else seen
+    nlls = []
+    for i, (prompt, generation) in enumerate(zip(prompts, generations)):
+        key = (i, tuple(generation.tokens))
+        if key not in seen:
+            seen[key] = target_nll_per_token(pair, prompt, generation.tokens)
+        nlls.append(seen[key])
     nlls = [x for x in nlls if x is not None]
     rouges = [rouge_l(r, t) for r, t in zip(replies, target_replies)]
     return {

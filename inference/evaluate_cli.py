@@ -77,10 +77,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-fidelity", action="store_true",
                         help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
     parser.add_argument("--out", type=str, default="runs/evaluate", help="output folder (resumed when it exists)")
+    parser.add_argument("--references-from", type=str | None, default=None,
+                        help="an output folder of the same setup (its router aside): take its target, drafter and "
+                             "lossless speculative rows and texts instead of decoding them again (still timed here)")
     parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
     parser.add_argument("--experiment", type=str, default="deferral-evaluate", help="MLflow experiment name")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
+
+
+def setup_differences(one: dict, other: dict) -> list[str]:
+    return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
 
 
 class ResultsStore:
@@ -112,7 +119,7 @@ class ResultsStore:
         if ROUTER_KEY in setup and ROUTER_KEY not in stored and not any(r["rule"] == "learned" for r in self.rows):
             stored[ROUTER_KEY] = setup[ROUTER_KEY]
         if stored != setup:
-            changed = sorted(k for k in set(setup) | set(stored) if stored.get(k) != setup.get(k))
+            changed = setup_differences(stored, setup)
             raise DeferralError(
                 f"{self.out} holds results of another setup (different {', '.join(changed) or 'settings'}): "
                 "pass another --out or delete that folder"
@@ -145,6 +152,31 @@ class ResultsStore:
             f.write(json.dumps(row) + "\n")
         self.rows.append(row)
         self.done.add(row["key"])
+
+    def adopt(self, folder: Path, keys: list[str]) -> None:
+        """Copy the rows of `keys` this folder lacks, with their texts, from another output folder whose
+        setup is this one's, the router aside (rows the other folder lacks are decoded here)."""
+        meta = folder / "run.json"
+        if not meta.is_file():
+            raise DeferralError(f"--references-from {folder} holds no evaluation (no run.json): pass an --out of "
+                                "`deferral evaluate`")
+        without_router = lambda setup: {k: v for k, v in setup.items() if k != ROUTER_KEY}  # noqa: E731
+        other = without_router(read_json_record(meta, f"pass another --references-from than {folder}").get("setup") or {})
+        changed = setup_differences(other, without_router(self.meta["setup"]))
+        if changed:
+            raise DeferralError(f"--references-from {folder} holds results of another setup (different "
+                                f"{', '.join(changed)}): pass a folder evaluated with the same settings")
+        rows = {row["key"]: row for row in read_jsonl(folder / "results.jsonl")}
+        wanted = [key for key in keys if key in rows and key not in self.done]
+        texts: dict[str, dict[int, dict]] = {key: {} for key in wanted}
+        for generation in read_jsonl(folder / "generations.jsonl"):
+            if generation["key"] in texts:
+                texts[generation["key"]][generation["index"]] = generation
+        for key in wanted:
+            ordered = [texts[key][i] for i in sorted(texts[key])]
+            self.append(rows[key], [g["text"] for g in ordered], [g["tokens"] for g in ordered])
+        if wanted:
+            print(f"{', '.join(wanted)}: taken from {folder}", file=sys.stderr)
 
     def update(self, rows: list[dict]) -> None:
         """Replace the rows of the same keys (the timing stage's latencies) and rewrite results.jsonl
@@ -245,6 +277,7 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts)
     from inference.evaluate import decode_point, fidelity, summarize, warm_up
 
     build_rule = rule_factory(args, pair)
+    scored: dict[tuple, float | None] = {}  # the target's NLL of each (prompt, reply) scored in this process
     todo = [p for p in points if p.key not in store.done]
     if len(todo) < len(points):
         print(f"resuming: {len(points) - len(todo)} of {len(points)} rows already in {store.results}", file=sys.stderr)
@@ -258,7 +291,7 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts)
         metrics = task.score(examples, replies)
         if not args.no_fidelity:
             target_replies = replies if point.rule == "target" else store.replies(points[0].key)
-            metrics.update(fidelity(pair, prompts, generations, replies, target_replies))
+            metrics.update(fidelity(pair, prompts, generations, replies, target_replies, scored))
         target_row = next((r for r in store.rows if r["rule"] == "target"), None)
         target_wall = wall_s if point.rule == "target" else target_row["wall_s"]
         row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key)
@@ -371,7 +404,7 @@ def main(argv: list[str]) -> int:
 
 def evaluate(args) -> int:
     from deferral.pair import load_pair
-    from inference.evaluate import plan_sweep
+    from inference.evaluate import REFERENCE_RULES, plan_sweep
     from inference.report import summaries, write_report
 
     cfg = decode_config(args)
@@ -398,6 +431,8 @@ def evaluate(args) -> int:
     store = ResultsStore(Path(args.out), setup)
     examples = task.examples()
     prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    if args.references_from:
+        store.adopt(Path(args.references_from), [p.key for p in points if p.rule in REFERENCE_RULES])
     print(timing_setup(args), file=sys.stderr)
     sweep(args, pair, task, store, points, cfg, examples, prompts)
     time_sweep(args, pair, store, points, cfg, prompts)

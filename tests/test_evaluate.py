@@ -211,3 +211,50 @@ def test_demo_refuses_a_missing_router_config_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "router config" in err[0] and "--router-config" in err[0]
 
+
+def test_references_from_another_folder_are_taken_not_decoded_and_still_timed(finished, tiny_dir, task_file, tmp_path,
+                                                                              monkeypatch, capsys):
+    import inference.evaluate
+
+    full_decodes, decode = [], inference.evaluate.decode_point
+
+    def counting(pair, rule, point, prompts, *rest):
+        if len(prompts) == len(PROMPTS):  # the sweep decodes every prompt at once (batch size 1, one call)
+            full_decodes.append(point.key)
+        return decode(pair, rule, point, prompts, *rest)
+
+    monkeypatch.setattr(inference.evaluate, "decode_point", counting)
+    out = tmp_path / "run"
+    assert cli(evaluate_args(tiny_dir, task_file, out, "--no-mlflow", "--references-from", str(finished))) == 0
+    references = ["target|baseline|-|K=0", "drafter|baseline|-|K=0", "speculative|speculative|-|K=5"]
+    assert not set(full_decodes) & set(references) and full_decodes
+    mine, theirs = ({r["key"]: r for r in read_jsonl(folder / "results.jsonl")} for folder in (out, finished))
+    for key in references:
+        assert mine[key]["quality"] == theirs[key]["quality"] and mine[key]["new_tokens"] == theirs[key]["new_tokens"]
+        assert mine[key]["timing_repeats"] == 2  # timed in this run, with its other points
+    texts = lambda folder: {(g["key"], g["index"]): g["tokens"] for g in read_jsonl(folder / "generations.jsonl")}  # noqa: E731
+    assert {k: v for k, v in texts(out).items() if k[0] in references} == \
+        {k: v for k, v in texts(finished).items() if k[0] in references}
+    other = evaluate_args(tiny_dir, task_file, tmp_path / "other", "--no-mlflow", "--references-from", str(finished))
+    other[other.index("--max-new-tokens") + 1] = "9"
+    capsys.readouterr()
+    assert cli(other) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--references-from" in err[0] and "another setup (different decode)" in err[0]
+
+
+def test_fidelity_scores_each_reply_to_a_prompt_once(tiny_pair, monkeypatch):
+    import inference.evaluate
+
+    scored, score = [], inference.evaluate.target_nll_per_token
+    monkeypatch.setattr(inference.evaluate, "target_nll_per_token",
+                        lambda pair, prompt, tokens: scored.append((prompt[0], *tokens)) or score(pair, prompt, tokens))
+    prompts = [[5, 6, 7], [8, 9]]
+    reply = lambda *tokens: Generation(tokens=list(tokens), stats=RequestStats())  # noqa: E731
+    seen = {}
+    first = inference.evaluate.fidelity(tiny_pair, prompts, [reply(10, 11), reply(12)], ["a", "b"], ["a", "b"], seen)
+    inference.evaluate.fidelity(tiny_pair, prompts, [reply(10, 11), reply(13)], ["a", "c"], ["a", "b"], seen)
+    inference.evaluate.fidelity(tiny_pair, prompts, [reply(12), reply(10, 11)], ["b", "a"], ["a", "b"], seen)
+    assert scored == [(5, 10, 11), (8, 12), (8, 13), (5, 12), (8, 10, 11)]  # (prompt 0, 10 11) scored once
+    fresh = inference.evaluate.fidelity(tiny_pair, prompts, [reply(10, 11), reply(12)], ["a", "b"], ["a", "b"])
+    assert first == fresh
