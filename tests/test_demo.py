@@ -1,7 +1,9 @@
-"""`deferral demo` end to end on the tiny pair (every step a real `deferral` process), and the note
-it prints about what its quality column can resolve."""
+"""`deferral demo` end to end on the tiny pair (every step a real `deferral` process): its table with
+the spread of every speed ratio, and the note it prints about what its quality column can resolve."""
 
 from __future__ import annotations
+
+import re
 
 from deferral.cli import main as cli
 from training.demo import quality_resolution
@@ -27,7 +29,8 @@ def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny
                             for i in range(4)))
     rc = cli(["demo", "--task", f"hf:{task}", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
               "--workdir", str(tmp_path / "demo"), "--log-docs", "4", "--log-positions", "40000", "--max-epochs", "1",
-              "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4",
+              "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4", "--timing-repeats", "2", "--timing-prompts", "2",
+              "--threads", "1",
               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert rc == 0
     captured = capsys.readouterr()
@@ -36,4 +39,12 @@ def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny
     assert {"target", "drafter", "speculative", "token-v3", "learned"} <= rules
     assert "learned (shipped)" not in rules  # made for the default pair only
     assert "shipped router skipped" in captured.err
+    header = [cell.strip() for cell in table[0].split("|")]
+    latency, speedup = header.index("relative latency"), header.index("speed-up")
+    for line in table[2:]:
+        cells = [cell.strip() for cell in line.split("|")]
+        if cells[1] != "target":  # every ratio with its spread over the timing repeats beside it
+            assert re.fullmatch(r"\d+\.\d{3} \(\d+\.\d{3}–\d+\.\d{3}\)( ~)?", cells[latency]), cells[latency]
+            assert re.fullmatch(r"\d+\.\d{2} \(\d+\.\d{2}–\d+\.\d{2}\)( ~)?", cells[speedup]), cells[speedup]
+    assert "median over 2 repeats on 2 prompts" in captured.out and "~: the spread crosses 1.0" in captured.out
     assert "one example moves" in captured.out or "cannot separate" in captured.out

@@ -7,7 +7,8 @@
    the target and the drafter on held-out standard-library code (`deferral evaluate`: chrF of the
    continuation against the file's real next lines, where the target beats the drafter clearly);
 5. evaluate the shipped router (models/default-router) on the same examples, when the pair is the
-   default one it was trained for;
+   default one it was trained for (the reference rows are taken from step 4, and timed again with
+   the shipped router's rows);
 6. print one table: what the router trained here in a minute does, next to the shipped one.
 
 Every step writes under --workdir and resumes when rerun. Each step runs as its own `deferral`
@@ -49,6 +50,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="examples decoded together (latencies are of batched decoding)")
+    parser.add_argument("--timing-repeats", type=int, default=3,
+                        help="times each point is timed on --timing-prompts examples, interleaved with the others")
+    parser.add_argument("--timing-prompts", type=int, default=8, help="examples timed (the task's first N)")
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help="torch CPU threads of the evaluations (default: the physical cores available)")
     parser.add_argument("--hand-set-rule", type=str, default="token-v3", help="hand-set rule compared with the router")
     parser.add_argument("--alphas", type=list[float], default=[0.3, 0.6], help="α values of the hand-set rule")
     parser.add_argument("--deferral-rates", type=list[float], default=[0.2, 0.4],
@@ -87,6 +93,15 @@ def quality_resolution(rows: list[dict], examples: int) -> str:
             f"differences between rules smaller than {one:.3f} are within what {examples} examples resolve")
 
 
+def evaluate_flags(args) -> list[str]:
+    """The decoding and timing flags both evaluations share."""
+    flags = ["--task", args.task, "--limit", str(args.limit), "--modes", "[speculative]",
+             "--draft-tokens", str(args.draft_tokens), "--batch-size", str(args.batch_size),
+             "--max-new-tokens", str(args.max_new_tokens), "--timing-repeats", str(args.timing_repeats),
+             "--timing-prompts", str(args.timing_prompts), "--tracking-uri", args.tracking_uri]
+    return flags + (["--threads", str(args.threads)] if args.threads else [])
+
+
 def step(number: int, title: str, argv: list[str]) -> None:
     """Run one `deferral` command as a child process, streaming its output and progress bars."""
     print(f"\n[{number}/{STEPS}] {title}\n$ deferral {' '.join(argv)}", file=sys.stderr, flush=True)
@@ -99,7 +114,7 @@ def step(number: int, title: str, argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from inference.report import comparison_table
+    from inference.report import comparison_table, latency_legend
 
     args = parse(build_parser(), argv)
     if not Path(args.router_config).is_file():
@@ -129,28 +144,26 @@ def main(argv: list[str]) -> int:
         print(f"\n[2-3/{STEPS}] router already exported in {router}", file=sys.stderr)
     rule = args.hand_set_rule
     step(4, f"evaluate the learned cascade on {args.task}", [
-        "evaluate", *pair_flags(args), "--task", args.task, "--limit", str(args.limit),
-        "--rules", f"[{rule}, learned]", "--alphas", json.dumps({rule: args.alphas}),
-        "--router", str(router), "--deferral-rates", json.dumps(args.deferral_rates),
-        "--modes", "[speculative]", "--draft-tokens", str(args.draft_tokens), "--batch-size", str(args.batch_size),
-        "--max-new-tokens", str(args.max_new_tokens), "--out", str(evaluation), "--tracking-uri", args.tracking_uri,
+        "evaluate", *pair_flags(args), *evaluate_flags(args), "--rules", f"[{rule}, learned]",
+        "--alphas", json.dumps({rule: args.alphas}), "--router", str(router),
+        "--deferral-rates", json.dumps(args.deferral_rates), "--out", str(evaluation),
     ])
     rows = read_rows(evaluation)
     shipped = args.shipped_router if args.shipped_router and not (args.drafter or args.target) else None
     if shipped:
         step(5, "evaluate the shipped router on the same examples", [
-            "evaluate", *pair_flags(args), "--task", args.task, "--limit", str(args.limit), "--rules", "[learned]",
-            "--router", shipped, "--thresholds", json.dumps(args.shipped_thresholds), "--modes", "[speculative]",
-            "--draft-tokens", str(args.draft_tokens), "--batch-size", str(args.batch_size),
-            "--max-new-tokens", str(args.max_new_tokens), "--out", str(evaluation_shipped), "--tracking-uri", args.tracking_uri,
+            "evaluate", *pair_flags(args), *evaluate_flags(args), "--rules", "[learned]", "--router", shipped,
+            "--thresholds", json.dumps(args.shipped_thresholds), "--out", str(evaluation_shipped),
+            "--references-from", str(evaluation),
         ])
         rows += [{**r, "rule": "learned (shipped)"} for r in read_rows(evaluation_shipped) if r["rule"] == "learned"]
     else:
         print(f"\n[5/{STEPS}] shipped router skipped ({'--shipped-router null' if not args.shipped_router else 'it is made for the default pair only'})",
               file=sys.stderr)
-    print(f"\n[6/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}; "
-          "relative latency: wall-clock over the target alone, same run)\n")
+    timed_apart = "; learned (shipped) is timed against the target of its own run" if shipped else ""
+    print(f"\n[6/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}{timed_apart})\n")
     print(comparison_table(rows))
+    print(latency_legend(rows))
     print(quality_resolution(rows, args.limit))
     print(f"full tables: {evaluation / 'tables.md'}; plots: {evaluation / 'quality_vs_latency.png'}, "
           f"{evaluation / 'quality_vs_deferral.png'}; total {time.perf_counter() - start:.0f} s")
