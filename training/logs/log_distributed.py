@@ -58,12 +58,15 @@ class LogModule(L.LightningModule):
         self.stats = self.tally.stats()
 
 
-def _sum_across_ranks(stats: dict) -> dict:
-    """Position and document counts summed over ranks; wall time is the slowest rank's."""
+def _sum_across_ranks(stats: dict, device: torch.device) -> dict:
+    """Position and document counts summed over ranks; wall time is the slowest rank's.
+
+    `device` is the rank's own (trainer.strategy.root_device): NCCL reduces CUDA tensors only,
+    gloo CPU tensors."""
     if not torch.distributed.is_initialized():
         return stats
     keys = ["positions", "new_positions", "documents"]
-    counts = torch.tensor([float(stats[k]) for k in keys] + [stats["wall_s"]], dtype=torch.float64)
+    counts = torch.tensor([float(stats[k]) for k in keys] + [stats["wall_s"]], dtype=torch.float64, device=device)
     summed = counts[:3].clone()
     wall = counts[3:].clone()
     torch.distributed.all_reduce(summed)
@@ -130,7 +133,7 @@ def _log_distributed(args, job: LogJob) -> int:
     )
     loader = DataLoader(RankChunks(job), batch_size=None, num_workers=0)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
-    stats = _sum_across_ranks(module.stats)
+    stats = _sum_across_ranks(module.stats, trainer.strategy.root_device)
     trainer.strategy.barrier()  # every rank's shards are on disk
     if stats["positions"] == 0:  # every rank raises together rather than leaving others at a barrier
         job.finalize(feature_spec(pair, job.cfg.hidden, job.cfg.mode).dim)
