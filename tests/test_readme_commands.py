@@ -24,9 +24,10 @@ SHRINK = {
     "generate": ["--max-new-tokens", "4"],
     "log": ["--max-docs", "4", "--max-len", "96", "--no-tracking", "--no-progress"],
     "train": ["--trainer.max_epochs", "1", "--mlflow.tracking_uri", "none"],
+    "calibrate": ["--limit", "2", "--max-new-tokens", "4", "--max-rounds", "1"],
     "evaluate": ["--limit", "1", "--max-new-tokens", "4", "--no-mlflow", "--timing-repeats", "1", "--threads", "1"],
 }
-PAIR_COMMANDS = ("generate", "log", "evaluate")
+PAIR_COMMANDS = ("generate", "log", "calibrate", "evaluate")
 SKIPPED = ("serve", "demo")
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
