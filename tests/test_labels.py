@@ -42,15 +42,31 @@ def test_gap01_negative_when_only_drafter_right():
 
 
 def test_oracle_deferral_from_gap_and_tv():
-    """gap > alpha * tv is computable at training time for any alpha from the logged columns."""
+    """gap > alpha * tv is computable at training time for any alpha from the logged columns: the
+    columns equal an independent float64 numpy computation (TV as half the L1 distance), so the oracle
+    read off them defers exactly where the numpy oracle does."""
+    import numpy as np
+
     torch.manual_seed(0)
-    q, p = torch.randn(64, 20), torch.randn(64, 20)
-    y = torch.randint(0, 20, (64,))
+    n, v = 96, 20
+    q, p = 2 * torch.randn(n, v), 2 * torch.randn(n, v)
+    # references the target, the drafter or neither predicts: gap01 takes the values -1, 0 and 1
+    y = torch.where(torch.arange(n) % 3 == 0, p.argmax(-1), torch.where(torch.arange(n) % 3 == 1, q.argmax(-1),
+                                                                        torch.randint(0, v, (n,))))
     out = compute_labels(q, p, y, q.argmax(-1))
-    assert ((out["tv"] >= 0) & (out["tv"] <= 1)).all()
-    defer_at_0 = out["label_gap01"] > 0
-    defer_at_inf = out["label_gap01"] > 1e9 * out["tv"]
-    assert defer_at_inf.sum() <= defer_at_0.sum()
+    qn, pn = (x / x.sum(-1, keepdims=True) for x in (np.exp(q.double().numpy()), np.exp(p.double().numpy())))
+    yn = y.numpy()
+    tv = 0.5 * np.abs(qn - pn).sum(-1)
+    gap01 = (qn.argmax(-1) != yn).astype(float) - (pn.argmax(-1) != yn).astype(float)
+    gap_nll = np.log(pn[np.arange(n), yn]) - np.log(qn[np.arange(n), yn])
+    np.testing.assert_allclose(out["tv"].numpy(), tv, atol=1e-6)
+    np.testing.assert_array_equal(out["label_gap01"].numpy(), gap01)
+    np.testing.assert_allclose(out["label_gap_nll"].numpy(), gap_nll, atol=1e-5)
+    assert set(gap01.tolist()) == {-1.0, 0.0, 1.0}
+    for alpha in (0.0, 0.5, 1.5):
+        oracle = gap01 > alpha * tv
+        np.testing.assert_array_equal((out["label_gap01"] > alpha * out["tv"]).numpy(), oracle, err_msg=str(alpha))
+        assert 0 < oracle.sum() < n, alpha  # the oracle neither defers everywhere nor nowhere
 
 
 def test_labels_with_features_equal_compute_labels():
