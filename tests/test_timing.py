@@ -4,6 +4,7 @@ assertion here is about which point is faster."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -28,35 +29,46 @@ def test_schedule_decodes_every_batch_under_every_point_and_rotates_who_goes_fir
 
 
 def test_time_points_interleaves_points_over_batches_and_records_one_line_per_repeat(tiny_pair, tmp_path, monkeypatch):
+    """The real decodes, observed: each timed decode is recorded with the seconds it measured, and a
+    repeat's line holds per point the sum of its decodes' seconds in that repeat."""
     import inference.timing
+    from inference.evaluate import decode_point
 
     decoded = []
 
-    def fake_decode(pair, rule, point, prompts, cfg, batch_size):
-        decoded.append((point.key, tuple(map(tuple, prompts)), cfg.seed, batch_size))
-        return [], {TARGET: 2.0, DRAFTER: 1.0, SPEC: 3.0}[point.key]
+    def observed_decode(pair, rule, point, prompts, cfg, batch_size):
+        generations, seconds = decode_point(pair, rule, point, prompts, cfg, batch_size)
+        decoded.append((point.key, tuple(map(tuple, prompts)), cfg.seed, batch_size, seconds))
+        return generations, seconds
 
-    monkeypatch.setattr(inference.timing, "decode_point", fake_decode)
+    monkeypatch.setattr(inference.timing, "decode_point", observed_decode)
     points = [SweepPoint("target", BASELINE), SweepPoint("drafter", BASELINE),
               SweepPoint("speculative", "speculative", draft_tokens=5)]
     prompts = [[5, 6], [7, 8], [9]]  # batches of 2: [[5, 6], [7, 8]] then [[9]]
+    cfg = DecodeConfig(max_new_tokens=2)
     store = TimingStore(tmp_path / "timings.jsonl", {"points": [p.key for p in points]})
-    repeats = time_points(tiny_pair, [(p, make_rule(p.rule)) for p in points], prompts, DecodeConfig(max_new_tokens=2),
+    repeats = time_points(tiny_pair, [(p, make_rule(p.rule)) for p in points], prompts, cfg,
                           batch_size=2, repeats=2, store=store)
     assert len(decoded) == 2 * 2 * 3  # repeats x batches x points, each once
-    assert [key for key, *_ in decoded[:3]] == [TARGET, DRAFTER, SPEC]
-    assert [key for key, *_ in decoded[3:6]] == [DRAFTER, SPEC, TARGET]  # next batch: rotated
-    assert [key for key, *_ in decoded[6:9]] == [SPEC, TARGET, DRAFTER]  # next repeat: rotated on
+    keys = [key for key, *_ in decoded]
+    assert keys[:3] == [TARGET, DRAFTER, SPEC]
+    assert keys[3:6] == [DRAFTER, SPEC, TARGET]  # next batch: rotated
+    assert keys[6:9] == [SPEC, TARGET, DRAFTER]  # next repeat: rotated on
     first_batch = ((5, 6), (7, 8))
-    assert {(p, seed) for _, p, seed, _ in decoded} == {(first_batch, 0), (((9,),), 2)}  # the sweep's seeds
-    assert repeats == [{TARGET: 4.0, DRAFTER: 2.0, SPEC: 6.0}] * 2  # summed over the two batches
-    assert len((tmp_path / "timings.jsonl").read_text().splitlines()) == 2
-    # A rerun that asks for three repeats decodes only the third.
+    assert {(p, seed, b) for _, p, seed, b, _ in decoded} == {(first_batch, 0, 2), (((9,),), 2, 2)}  # the sweep's seeds
+    # each repeat's line: per point, the sum of the seconds its two decodes measured in that repeat
+    assert len(repeats) == 2
+    for r, repeat in enumerate(repeats):
+        mine = decoded[6 * r : 6 * (r + 1)]
+        assert repeat == pytest.approx({k: sum(s for key, *_, s in mine if key == k) for k in (TARGET, DRAFTER, SPEC)})
+        assert all(v > 0 for v in repeat.values())
+    assert [json.loads(line)["seconds"] for line in (tmp_path / "timings.jsonl").read_text().splitlines()] == repeats
+    # A rerun that asks for three repeats decodes only the third, and returns the recorded two unchanged.
     decoded.clear()
     store = TimingStore(tmp_path / "timings.jsonl", {"points": [p.key for p in points]})
-    assert len(time_points(tiny_pair, [(p, make_rule(p.rule)) for p in points], prompts, DecodeConfig(max_new_tokens=2),
-                           batch_size=2, repeats=3, store=store)) == 3
-    assert len(decoded) == 2 * 3
+    again = time_points(tiny_pair, [(p, make_rule(p.rule)) for p in points], prompts, cfg,
+                        batch_size=2, repeats=3, store=store)
+    assert len(decoded) == 2 * 3 and again[:2] == repeats
     # Another stage (other points, prompts or threads) starts from nothing.
     assert TimingStore(tmp_path / "timings.jsonl", {"points": [TARGET]}).repeats == []
 
