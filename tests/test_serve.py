@@ -74,9 +74,10 @@ def client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-def reference(pair, ids: list[int], rule: str = "speculative", alpha=None, max_new: int = MAX_NEW) -> str:
-    """What `deferral generate` decodes for one prompt (batch 1, seed 0, greedy)."""
-    cfg = DecodeConfig(max_new_tokens=max_new)
+def reference(pair, ids: list[int], rule: str = "speculative", alpha=None, max_new: int = MAX_NEW, **sampling) -> str:
+    """What `deferral generate` decodes for one prompt (batch 1, seed 0 unless given, greedy unless a
+    temperature is given)."""
+    cfg = DecodeConfig(max_new_tokens=max_new, **sampling)
     gen = run(pair, make_rule(rule, alpha), [ids], cfg)[0]
     return pair.tokenizer.decode(gen.tokens, skip_special_tokens=True)
 
@@ -153,10 +154,17 @@ def test_stop_string_ends_the_text_before_it(pair, client):
     assert streamed == out.choices[0].text
 
 
-def test_sampling_with_a_seed_repeats(client):
+def test_sampling_with_a_seed_is_the_seeded_generate_decode(pair, client):
+    """A seeded sampled request decodes what `deferral generate` samples with that seed and those
+    settings: the temperature and top-p are applied (not greedy) and the seed picks the draw."""
+    ids = encode_prompts(pair, ["0123"])[0]
     ask = lambda seed: client.completions.create(  # noqa: E731
         model="m", prompt="0123", max_tokens=MAX_NEW, temperature=1.0, top_p=0.9, seed=seed).choices[0].text
-    assert ask(7) == ask(7)
+    texts = {seed: ask(seed) for seed in (7, 8, 9)}
+    for seed, text in texts.items():
+        assert text == reference(pair, ids, temperature=1.0, top_p=0.9, seed=seed), seed
+    assert len(set(texts.values())) > 1  # the seed matters
+    assert reference(pair, ids) not in texts.values()  # sampled, not the greedy text
 
 
 @pytest.mark.parametrize("body, param, words", [
