@@ -10,7 +10,6 @@ import torch
 from deferral.cli import main as deferral
 from deferral.router import load_router
 from tests.router_helpers import trained_tiny_router, tracking_uri
-from training.router.export import read_checkpoint, router_from_checkpoint
 from training.logs.logged_data import read_meta
 
 
@@ -36,15 +35,28 @@ def test_export_from_checkpoint_records_what_it_was_trained_on(trained, tmp_path
     assert "Trained on" in card and "--rule learned" in card and "auroc" in card
 
 
-def test_exported_weights_equal_the_checkpoint(trained, tmp_path):
-    base, _ = trained
+def test_exported_router_scores_like_the_trained_module(trained, tmp_path):
+    """The export scores as the training module of its checkpoint does (that module rebuilt by its own
+    constructor from the checkpoint's hyper-parameters) and normalises with the training split's
+    feature statistics."""
+    from training.router.datamodule import FeatureDataModule
+    from training.router.module import RouterModule
+
+    base, log_dir = trained
     ckpt = base / "run" / "checkpoints" / "best.ckpt"
-    deferral(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "r")])
+    assert deferral(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "r")]) == 0
     loaded, _ = load_router(tmp_path / "r")
-    original = router_from_checkpoint(read_checkpoint(ckpt))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = RouterModule(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+    module.load_state_dict(state["state_dict"])
+    module.eval()
     x = torch.randn(64, loaded.config.num_features) * 3
-    assert torch.equal(loaded.score(x), original.score(x))
-    assert not torch.equal(loaded.mean, torch.zeros_like(loaded.mean))  # training-split statistics were stored
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(x), module.net.score(x), rtol=0, atol=0)
+    data = FeatureDataModule(path=str(log_dir), target="gap_nll")  # the split configs/router.yaml trains on
+    data.setup("fit")
+    torch.testing.assert_close(loaded.mean, data.mean)
+    torch.testing.assert_close(loaded.std, data.std)
 
 
 def test_export_from_mlflow_run_carries_test_metrics(trained, tmp_path):
