@@ -130,11 +130,7 @@ def test_stdlib_docs_are_deterministic_disjoint_prose():
     from training.logs.prose_corpora import DOCSTRING_MIN_CHARS, PROSE_MIN_WORD_SHARE, pydoc_topics, stdlib_docs, word_share
 
     train, heldout, everything = stdlib_docs("train"), stdlib_docs("heldout"), stdlib_docs("all")
-    # Same spec, same documents in the same order: a fresh read of the files (past the in-process
-    # caches) gives the same definitions, and the documents are a pure function of them.
-    root = str(stdlib_root())
-    assert pc._parsed_part.__wrapped__("heldout", root) == pc._parsed_part("heldout", root)
-    assert pc._stdlib_docs.__wrapped__("train", root) == tuple(train)
+    # (the same documents in the same order in another process: test_corpora_are_the_same_in_another_process)
     assert len(train) > 500 and len(heldout) > 20
     assert not set(train) & set(heldout)
     assert set(everything) == set(train) | set(heldout)
@@ -158,13 +154,9 @@ def test_stdlib_docs_are_deterministic_disjoint_prose():
 
 
 def test_instructions_are_deterministic_short_and_disjoint():
-    from training.logs import prose_corpora as pc
     from training.logs.prose_corpora import instructions
 
     train, heldout = instructions("train"), instructions("heldout")
-    root = str(stdlib_root())
-    assert pc._instruction_groups.__wrapped__("heldout", root) == pc._instruction_groups("heldout", root)
-    assert pc._instructions.__wrapped__("train", root) == tuple(train)  # seeded caps and order
     assert 1000 <= len(train) <= 10000 and heldout
     assert len(set(train)) == len(train) and not set(train) & set(heldout)
     assert all(20 <= len(x) <= 1200 and x == x.strip() for x in train)
@@ -174,6 +166,34 @@ def test_instructions_are_deterministic_short_and_disjoint():
         assert any(s.startswith(kind) for s in starts), kind
     corpus = open_corpus("instructions")
     assert corpus.description["kind"] == "instructions" and list(corpus.documents()) == train
+
+
+def corpora_digest() -> dict[str, str]:
+    """sha256 of each stdlib corpus's files or documents, in order, per part."""
+    import hashlib
+
+    from training.logs.prose_corpora import instructions, stdlib_docs
+
+    root, parts = stdlib_root(), ("train", "heldout", "all")
+    corpora = {"stdlib": [[p.relative_to(root).as_posix() for p in stdlib_files(part)] for part in parts],
+               "stdlib-docs": [stdlib_docs(part) for part in parts],
+               "instructions": [instructions(part) for part in ("train", "heldout")]}
+    return {name: hashlib.sha256(json.dumps(value).encode()).hexdigest() for name, value in corpora.items()}
+
+
+def test_corpora_are_the_same_in_another_process():
+    """Every command reads the stdlib corpora in its own process: other interpreters, with other
+    string-hash seeds (so other set orders), give the same files and documents in the same order."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from tests.test_corpora import corpora_digest; print(json.dumps(corpora_digest()))"
+    here = corpora_digest()
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                              cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == here, f"PYTHONHASHSEED={seed}"
 
 
 def _eval_rows(name: str) -> list[dict]:
