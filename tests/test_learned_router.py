@@ -25,13 +25,26 @@ def exported(tiny_dir, tmp_path_factory):
 
 def test_generate_with_learned_rule_end_to_end(exported, tiny_dir, capsys):
     router, _ = exported
-    rc = deferral(["generate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
-                   "--rule", "learned", "--router", str(router), "--deferral-rate", "0.3",
-                   "--prompt", "def f(x):", "--max-new-tokens", "12", "--json"])
-    assert rc == 0
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def generate(*flags: str) -> dict:
+        rc = deferral(["generate", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                       "--prompt", "def f(x):", "--max-new-tokens", "12", "--json", *flags])
+        assert rc == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    learned = ("--rule", "learned", "--router", str(router))
+    row = generate(*learned, "--deferral-rate", "0.3")
     assert row["rule"] == "learned" and 1 <= row["new_tokens"] <= 12
     assert row["target_calls"] >= 1 and row["drafted"] >= row["accepted"]
+    # The trained router at its two ends. Deferring at every position makes pi = p: lossless speculative
+    # decoding, the target's greedy tokens. Deferring nowhere keeps every draft: the drafter's tokens.
+    target, drafter = generate("--rule", "target"), generate("--rule", "drafter")
+    assert target["tokens"] != drafter["tokens"]  # the two ends are told apart
+    always = generate(*learned, "--threshold=-1e9")
+    assert always["tokens"] == target["tokens"] and always["deferred"] == always["examined"] > 0
+    never = generate(*learned, "--threshold=1e9")
+    assert never["tokens"] == drafter["tokens"]
+    assert never["deferred"] == 0 and never["accepted"] == never["drafted"] > 0
 
 
 def test_router_for_one_pair_is_refused_by_another(exported, tiny_dir, capsys):
