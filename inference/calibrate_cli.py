@@ -130,24 +130,26 @@ def main(argv: list[str]) -> int:
     log_table = meta.get("calibration")
     start = [threshold_for_rate(log_table, r) for r in args.rates] if log_table else [float(meta.get("default_threshold", 0.0))]
 
-    bar = tqdm(total=len(start) + args.max_rounds * len(args.rates), desc="calibrate", unit="decode", file=sys.stderr)
-    bar.update(min(len(measured), bar.total))
+    # Counted in prompts decoded (an ETA after the first batch); the total is an upper bound: the
+    # rounds stop once every rate is met.
+    most = (len(start) + args.max_rounds * len(args.rates)) * len(prompts)
+    bar = tqdm(total=most, desc="calibrate", unit="prompt", file=sys.stderr)
+    bar.update(min(len(measured) * len(prompts), most))
 
     def decode_at(threshold: float):
         rule = load_learned_rule(str(folder), pair, threshold=threshold, alpha=alpha)
         bar.set_postfix_str(f"threshold={threshold:.4f}")
-        return run(pair, rule, prompts, cfg, batch_size=args.batch_size)
+        return run(pair, rule, prompts, cfg, batch_size=args.batch_size, on_batch=bar.update)
 
     def on_measured(point: dict) -> None:
         with partial.open("a") as f:
             f.write(json.dumps(point) + "\n")
-        bar.update(1)
         tqdm.write(f"threshold {point['threshold']:.4f}: decoded deferral rate {point['deferral_rate']:.3f} "
                    f"({point['examined']} positions examined)", file=sys.stderr)
 
     points = calibrate_by_decoding(decode_at, args.rates, start, max_rounds=args.max_rounds,
                                    tolerance=args.tolerance, measured=measured, on_measured=on_measured)
-    bar.total = bar.n  # the bar's total was an upper bound: rounds stop once every rate is met
+    bar.total = bar.n
     bar.close()
     table = decoded_rate_table(points, requested_rates=list(args.rates), **settings)
     record = read_router_meta(folder)

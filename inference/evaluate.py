@@ -106,13 +106,16 @@ def hand_set_rule(point: SweepPoint) -> DeferralRule:
 
 
 def decode_point(
-    pair: Pair, rule: DeferralRule, point: SweepPoint, prompts: list[list[int]], cfg: DecodeConfig, batch_size: int
+    pair: Pair, rule: DeferralRule, point: SweepPoint, prompts: list[list[int]], cfg: DecodeConfig, batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Generation], float]:
-    """Decode all prompts at one point; returns the generations and the wall-clock seconds."""
+    """Decode all prompts at one point; returns the generations and the wall-clock seconds.
+    `on_batch(n)` hears of each finished batch of n prompts."""
     k = point.draft_tokens or cfg.draft_tokens
     point_cfg = DecodeConfig(**{**asdict(cfg), "draft_tokens": k})
     start = time.perf_counter()
-    generations = run(pair, rule, prompts, point_cfg, batch_size=batch_size, sequential=point.mode == "sequential")
+    generations = run(pair, rule, prompts, point_cfg, batch_size=batch_size, sequential=point.mode == "sequential",
+                      on_batch=on_batch)
     return generations, time.perf_counter() - start
 
 

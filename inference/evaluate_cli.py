@@ -283,10 +283,12 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts)
         print(f"resuming: {len(points) - len(todo)} of {len(points)} rows already in {store.results}", file=sys.stderr)
     if todo:
         warm_up(pair, prompts, cfg)
-    bar = tqdm(todo, desc="sweep", unit="row", file=sys.stderr)
-    for point in bar:
+    # Counted in prompts, not rows: a total and an ETA after the first batch, not the first whole row.
+    bar = tqdm(total=len(todo) * len(prompts), desc="sweep", unit="prompt", file=sys.stderr)
+    for point in todo:
         bar.set_postfix_str(point.key)
-        generations, wall_s = decode_point(pair, build_rule(point), point, prompts, cfg, args.batch_size)
+        generations, wall_s = decode_point(pair, build_rule(point), point, prompts, cfg, args.batch_size,
+                                           on_batch=bar.update)
         replies = [pair.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in generations]
         metrics = task.score(examples, replies)
         if not args.no_fidelity:
@@ -301,6 +303,7 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts)
             f"deferral={row['deferral_rate'] if row['deferral_rate'] is not None else float('nan'):.2f}",
             file=sys.stderr,
         )
+    bar.close()
 
 
 def timing_setup(args) -> str:

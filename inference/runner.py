@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from deferral.errors import DeferralError
 from deferral.pair import Pair
@@ -72,8 +73,10 @@ def run(
     cfg: DecodeConfig,
     batch_size: int = 1,
     sequential: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt."""
+    """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt.
+    `on_batch(n)` hears of each batch of n prompts as it finishes (progress bars)."""
     if batch_size < 1:
         raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
     common = dict(
@@ -91,4 +94,6 @@ def run(
             results += sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
         else:
             results += speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return results
