@@ -35,7 +35,17 @@ def assert_one_error_line(code, err, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def test_json_fields(capsys, tiny_args, tmp_path):
+def reference(pair, rule: str, alpha, texts: list[str], batch_size: int = 1, sequential: bool = False, **cfg):
+    """The generations `run` decodes for these prompts and settings, outside the CLI."""
+    from deferral.rules import make_rule
+    from inference.config import DecodeConfig
+    from inference.runner import encode_prompts, run
+
+    return run(pair, make_rule(rule, alpha), encode_prompts(pair, texts), DecodeConfig(**cfg), batch_size=batch_size,
+               sequential=sequential)
+
+
+def test_json_fields(capsys, tiny_args, tiny_pair, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def f(x):"}\n\n{"prompt": "hello"}\n')
     code, out, _ = generate(capsys, *tiny_args, "--rule", "token-v3", "--alpha", "0.5", "--prompts", str(prompts),
@@ -49,13 +59,29 @@ def test_json_fields(capsys, tiny_args, tmp_path):
             assert isinstance(row[key], kind), key
         assert row["new_tokens"] == len(row["tokens"]) > 0
         assert 0 <= row["accepted"] <= row["drafted"] and row["target_calls"] >= 1
+    # the flags reach the decode: the rows are run's generations for that rule, alpha, K and batch
+    expected = reference(tiny_pair, "token-v3", 0.5, ["def f(x):", "hello"], batch_size=2, max_new_tokens=6,
+                         draft_tokens=2)
+    for row, gen in zip(rows, expected):
+        assert row["tokens"] == gen.tokens
+        assert (row["drafted"], row["accepted"], row["deferred"]) == (gen.stats.drafted, gen.stats.accepted,
+                                                                      gen.stats.deferred)
+        assert row["text"] == tiny_pair.tokenizer.decode(gen.tokens, skip_special_tokens=True)
 
 
-def test_plain_text_output_and_sampling(capsys, tiny_args):
-    code, out, err = generate(capsys, *tiny_args, "--prompt", "abc", "--temperature", "0.8", "--top-p", "0.9",
-                              "--max-new-tokens", "5", "--seed", "3", "--sequential", "--rule", "chow")
+def test_plain_text_output_and_sampling(capsys, tiny_args, tiny_pair):
+    flags = ["--prompt", "abc", "--temperature", "0.8", "--top-p", "0.9", "--max-new-tokens", "5", "--sequential",
+             "--rule", "chow"]
+    code, out, err = generate(capsys, *tiny_args, *flags, "--seed", "3")
     assert code == 0
-    assert re.search(r"\[chow\] [1-5] new tokens, 1 prompt", err), err
+    # stdout is the text alone: the seeded sample of the sequential cascade with these settings
+    [gen] = reference(tiny_pair, "chow", None, ["abc"], sequential=True, temperature=0.8, top_p=0.9,
+                      max_new_tokens=5, seed=3)
+    assert out == tiny_pair.tokenizer.decode(gen.tokens, skip_special_tokens=True) + "\n"
+    assert re.search(rf"\[chow\] {len(gen.tokens)} new tokens, 1 prompt", err), err
+    # sampled, not greedy: another seed draws another text
+    others = {generate(capsys, *tiny_args, *flags, "--seed", str(seed))[1] for seed in (4, 5, 6)}
+    assert others - {out}
 
 
 def test_speculative_equals_target_through_the_cli(capsys, tiny_dir):
