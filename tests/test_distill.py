@@ -109,13 +109,28 @@ def test_distill_is_seeded(tiny_dir, corpus_dir, tmp_path, capsys):
 
 
 def test_measure_only_reports_agreement_and_cost(tiny_dir, corpus_dir, tmp_path, capsys):
-    argv = ["distill", "--measure-only", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
-            "--data", json.dumps([str(corpus_dir)]), "--out", str(tmp_path / "m"), "--block-size", "48",
-            "--heldout-units", '["held", "beta"]', "--heldout-fraction", "0", "--eval-blocks", "2"]
-    assert cli_main(argv) == 0
-    out = _last_json(capsys.readouterr().out)
-    assert 0.0 <= out["agree_code"] <= 1.0 and out["tokens_code"] > 0
+    def measure(drafter: str, out):
+        argv = ["distill", "--measure-only", "--drafter", str(tiny_dir / drafter), "--target", str(tiny_dir / "target"),
+                "--data", json.dumps([str(corpus_dir)]), "--out", str(out), "--block-size", "48",
+                "--heldout-units", '["held", "beta"]', "--heldout-fraction", "0", "--eval-blocks", "2"]
+        assert cli_main(argv) == 0
+        return _last_json(capsys.readouterr().out)
+
+    out = measure("drafter", tmp_path / "m")
+    # agreement worked out here: both models' argmax over the held-out code blocks the run prepared
+    from deferral.pair import load_pair
+
+    blocks = torch.load(tmp_path / "m" / "data" / "corpus.pt", weights_only=True)["heldout_code"][:2].long()
+    pair = load_pair(str(tiny_dir / "drafter"), str(tiny_dir / "target"))
+    with torch.no_grad():
+        q = pair.drafter.model(blocks).logits[..., : pair.vocab_size].argmax(-1)
+        p = pair.target.model(blocks).logits[..., : pair.vocab_size].argmax(-1)
+    assert out["tokens_code"] == blocks.numel() == 2 * 48
+    assert out["agree_code"] == pytest.approx(float((q == p).float().mean()))
     assert out["cost_ratio"] > 0
+    # the target measured as its own drafter agrees everywhere
+    same = measure("target", tmp_path / "same")
+    assert same["agree_code"] == same["agree_prose"] == 1.0
 
 
 def test_clear_errors(tiny_dir, tmp_path, capsys):
