@@ -46,13 +46,25 @@ def test_rows_describe_the_targets_own_continuation(tiny_dir, tiny_pair, tmp_pat
     np.testing.assert_allclose(a["features"][rows], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_cascade_generator_and_bad_generators(tiny_dir, tmp_path):
+def test_cascade_generator_and_bad_generators(tiny_dir, tiny_pair, tmp_path):
     corpus = write_corpus(tmp_path / "c.txt", docs=3)
     flags = ["--mode", "on-policy", "--prompt-tokens", "6", "--max-new-tokens", "8"]
     out = tmp_path / "chow"
-    assert log_main(log_args(tiny_dir, corpus, out, *flags, "--generator", "chow", "--alpha", "0.2")) == 0
-    ds, _ = fmt.load_logged(out)
-    assert 0 < ds.num_rows <= 3 * 8
+    # chow defers iff max q < 1 - alpha: the tiny drafter's max q lies around 0.03, so alpha 0.97 keeps some drafts
+    assert log_main(log_args(tiny_dir, corpus, out, *flags, "--generator", "chow", "--alpha", "0.97")) == 0
+    a = arrays(fmt.load_logged(out)[0])
+    # Each document's rows are the chow cascade's own greedy continuation of its first 6 tokens.
+    cascade_wrote_other_text = False
+    for doc, text in enumerate(open_corpus(str(corpus)).documents()):
+        prompt = tiny_pair.tokenizer(text)["input_ids"][:6]
+        cfg = DecodeConfig(max_new_tokens=8)
+        [gen] = run(tiny_pair, make_rule("chow", 0.97), [prompt], cfg)
+        [own] = run(tiny_pair, make_rule("target"), [prompt], cfg)
+        rows = a["doc_id"] == doc
+        np.testing.assert_array_equal(a["token_id"][rows], np.array(gen.tokens))
+        np.testing.assert_array_equal(a["position"][rows], np.arange(5, 5 + len(gen.tokens)))
+        cascade_wrote_other_text |= gen.tokens != own.tokens
+    assert cascade_wrote_other_text  # the generator's text, not the target's
     with pytest.raises(DeferralError, match="unknown rule 'bogus'"):
         log_main(log_args(tiny_dir, corpus, tmp_path / "x", *flags, "--generator", "bogus"))
     with pytest.raises(DeferralError, match="drafter's own text"):
