@@ -83,7 +83,7 @@ def test_exact_line_chrf_and_cut_to_reference_length():
     assert exact_first_line("\n  return x  \nmore", "return x") == 1.0
     assert exact_first_line("return y", "return x") == 0.0
     assert chrf("def f(x):", "def f(x):") == pytest.approx(1.0)
-    assert chrf("qqqq", "def f(x):") < 0.1
+    assert chrf("qqqq", "def f(x):") == 0.0  # no character n-gram in common
     metrics = reference_metrics("a = 1\nb = 2\nextra lines\nbeyond", "a = 1\nb = 2")
     assert metrics == {"exact_line": 1.0, "chrf": pytest.approx(1.0), "rouge_l": pytest.approx(1.0)}
 
@@ -92,6 +92,7 @@ def test_stdlib_cuts_are_seeded_and_split_prompt_from_reference():
     files = [(f"f{i}.py", "\n".join(f"line_{i}_{j} = {j}" for j in range(30))) for i in range(5)]
     a = cut_examples(files, count=3, context_lines=6, reference_lines=2, seed=7)
     assert [e.id for e in a] == [e.id for e in cut_examples(files, 3, 6, 2, seed=7)]
+    assert [e.id for e in a] != [e.id for e in cut_examples(files, 3, 6, 2, seed=8)]  # the seed picks the cuts
     for e in a:
         name, text = files[int(e.id.split(":")[0][1])]
         assert (e.prompt + "\n" + e.reference) in text and e.prompt.count("\n") == 5 and e.reference.count("\n") == 1
