@@ -46,6 +46,17 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def argmax_agreement(drafter, target, run, name: str = "code", blocks: int = 2) -> tuple[float, int]:
+    """Share of the positions of a run's first held-out `name` blocks where both models' argmaxes agree,
+    worked out here, and the number of positions."""
+    ids = torch.load(run / "data" / "corpus.pt", weights_only=True)[f"heldout_{name}"][:blocks].long()
+    vocab = target.config.vocab_size
+    with torch.no_grad():
+        q = drafter(ids).logits[..., :vocab].argmax(-1)
+        p = target(ids).logits[..., :vocab].argmax(-1)
+    return float((q == p).float().mean()), ids.numel()
+
+
 def _argv(tiny_dir, corpus_dir, run, export, steps=6, extra=()):
     return ["distill", "--target", str(tiny_dir / "target"), "--data", json.dumps([str(corpus_dir)]),
             "--out", str(run), "--export", str(export), "--block-size", "48", "--steps", str(steps),
@@ -63,10 +74,21 @@ def test_distill_trains_exports_and_resumes(tiny_dir, corpus_dir, tmp_path, caps
     assert cli_main(_argv(tiny_dir, corpus_dir, run, export)) == 0
     final = _last_json(capsys.readouterr().out)
     assert final["steps"] == 6
-    assert 0.0 <= final["agree_code"] <= 1.0 and 0.0 <= final["agree_prose"] <= 1.0
 
     # A standard Hugging Face folder that the Auto classes open, with the target's tokenizer.
     model = AutoModelForCausalLM.from_pretrained(export)
+    # The reported held-out agreement is the final student's (float32, as in last.ckpt) with the target,
+    # and the export is that student in bfloat16.
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    student = AutoModelForCausalLM.from_config(model.config).float()
+    student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    target = AutoModelForCausalLM.from_pretrained(tiny_dir / "target")
+    for name in ("code", "prose"):
+        agree, tokens = argmax_agreement(student, target, run, name)
+        assert final[f"agree_{name}"] == pytest.approx(agree) and final[f"tokens_{name}"] == tokens, name
+    exported = model.state_dict()
+    for key, value in student.state_dict().items():
+        assert torch.equal(exported[key], value.to(torch.bfloat16)), key
     tok, target_tok = AutoTokenizer.from_pretrained(export), AutoTokenizer.from_pretrained(tiny_dir / "target")
     assert tok.get_vocab() == target_tok.get_vocab()
     assert model.config.num_hidden_layers == 1 and model.config.tie_word_embeddings
@@ -116,17 +138,13 @@ def test_measure_only_reports_agreement_and_cost(tiny_dir, corpus_dir, tmp_path,
         assert cli_main(argv) == 0
         return _last_json(capsys.readouterr().out)
 
-    out = measure("drafter", tmp_path / "m")
-    # agreement worked out here: both models' argmax over the held-out code blocks the run prepared
     from deferral.pair import load_pair
 
-    blocks = torch.load(tmp_path / "m" / "data" / "corpus.pt", weights_only=True)["heldout_code"][:2].long()
+    out = measure("drafter", tmp_path / "m")
     pair = load_pair(str(tiny_dir / "drafter"), str(tiny_dir / "target"))
-    with torch.no_grad():
-        q = pair.drafter.model(blocks).logits[..., : pair.vocab_size].argmax(-1)
-        p = pair.target.model(blocks).logits[..., : pair.vocab_size].argmax(-1)
-    assert out["tokens_code"] == blocks.numel() == 2 * 48
-    assert out["agree_code"] == pytest.approx(float((q == p).float().mean()))
+    agree, tokens = argmax_agreement(pair.drafter.model, pair.target.model, tmp_path / "m")
+    assert out["tokens_code"] == tokens == 2 * 48
+    assert out["agree_code"] == pytest.approx(agree)
     assert out["cost_ratio"] > 0
     # the target measured as its own drafter agrees everywhere
     same = measure("target", tmp_path / "same")
