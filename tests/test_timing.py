@@ -133,6 +133,24 @@ def test_tables_mark_unsettled_ratios_and_say_how_latencies_were_measured():
     assert "(1 run)" in latency_legend(rows + [row("chow", 0.5, None, None, repeats=0)])
 
 
-def test_default_threads_counts_the_cores_this_process_may_use():
-    threads = default_threads()
-    assert 1 <= threads <= len(os.sched_getaffinity(0))
+def test_default_threads_counts_the_physical_cores_this_process_may_use():
+    """lscpu's (socket, core) pairs among the CPUs this process may run on, capped by a cgroup v2 quota."""
+    import math
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    lscpu = shutil.which("lscpu")
+    if lscpu is None:
+        pytest.skip("lscpu (util-linux) is not installed")
+    listing = subprocess.run([lscpu, "-p=CPU,CORE,SOCKET"], capture_output=True, text=True, check=True).stdout
+    allowed = os.sched_getaffinity(0)
+    cores = {(socket, core) for cpu, core, socket in (line.split(",") for line in listing.splitlines()
+                                                      if line and not line.startswith("#")) if int(cpu) in allowed}
+    expected = len(cores)
+    quota_file = Path("/sys/fs/cgroup/cpu.max")
+    if quota_file.is_file():
+        quota, period = quota_file.read_text().split()[:2]
+        if quota != "max":
+            expected = min(expected, math.ceil(int(quota) / int(period)))
+    assert default_threads() == max(1, expected)
