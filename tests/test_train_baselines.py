@@ -48,8 +48,16 @@ def test_greedy_gain_counts_only_disagreements_and_the_oracle_bounds_it():
     assert gains["right"] == [100.0, 200.0, 100.0]  # top-1 of 4: +1; top-2: +2; all four: 1 - 1 + 0 + 1
     assert gains["wrong"] == [-100.0, 0.0, 100.0]
     assert gains["oracle"] == [100.0, 200.0, 100.0]
-    for values in gains.values():
-        assert all(v <= o for v, o in zip(values, gains["oracle"]))
+    # The oracle bounds every score at every budget (above, the values are literal; here random scores).
+    rng = np.random.default_rng(0)
+    gap01 = rng.choice([-1.0, 0.0, 1.0], size=400)
+    disagree = rng.random(400) < 0.5
+    random_scores = {f"s{i}": rng.normal(size=400) for i in range(20)}
+    gains = greedy_gain_table({**random_scores, "labels": gap01.copy()}, gap01, disagree, budgets=(0.1, 0.3, 0.6, 1.0))
+    for name, values in gains.items():
+        assert all(v <= o + 1e-9 for v, o in zip(values, gains["oracle"])), name
+    assert gains["labels"] == gains["oracle"]  # a score equal to the labels reaches the ceiling
+    assert any(v < o for name in random_scores for v, o in zip(gains[name], gains["oracle"]))
 
 
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
