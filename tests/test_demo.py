@@ -30,10 +30,15 @@ def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny
     rc = cli(["demo", "--task", f"hf:{task}", "--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
               "--workdir", str(tmp_path / "demo"), "--log-docs", "4", "--log-positions", "40000", "--max-epochs", "1",
               "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4", "--timing-repeats", "2", "--timing-prompts", "2",
-              "--threads", "1",
+              "--threads", "1", "--calibration-task", f"hf:{task}", "--calibration-prompts", "4",
+              "--calibration-tokens", "6",
               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert rc == 0
     captured = capsys.readouterr()
+    # The trained router's rates were calibrated while decoding before the evaluation read them.
+    calibration = json.loads((tmp_path / "demo" / "router" / "router.json").read_text())["decode_calibration"]
+    assert calibration["requested_rates"] == [0.2, 0.4] and calibration["prompts"] == 4
+    assert "[4/7] calibrate the router's deferral rates while decoding" in captured.err
     table = [line for line in captured.out.splitlines() if line.startswith("| ")]
     rules = {line.split("|")[1].strip() for line in table[1:]}
     assert {"target", "drafter", "speculative", "token-v3", "learned"} <= rules

@@ -3,13 +3,15 @@
 1. log drafter/target distributions over a slice of the standard library (`deferral log`);
 2. train a router on them (`deferral train fit --config configs/router.yaml`);
 3. export it (`deferral export`);
-4. evaluate the learned speculative cascade against a hand-set rule, lossless speculative decoding,
+4. calibrate its deferral rates while decoding (`deferral calibrate`, on stdlib train-part cuts), so
+   the rates the table asks for are the rates decoding reaches;
+5. evaluate the learned speculative cascade against a hand-set rule, lossless speculative decoding,
    the target and the drafter on held-out standard-library code (`deferral evaluate`: chrF of the
    continuation against the file's real next lines, where the target beats the drafter clearly);
-5. evaluate the shipped router (models/default-router) on the same examples, when the pair is the
-   default one it was trained for (the reference rows are taken from step 4, and timed again with
+6. evaluate the shipped router (models/default-router) on the same examples, when the pair is the
+   default one it was trained for (the reference rows are taken from step 5, and timed again with
    the shipped router's rows);
-6. print one table: what the router trained here in a minute does, next to the shipped one.
+7. print one table: what the router trained here in a minute does, next to the shipped one.
 
 Every step writes under --workdir and resumes when rerun. Each step runs as its own `deferral`
 process, exactly as a user would type it (the commands are printed).
@@ -30,7 +32,7 @@ from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store
 from inference.generate import add_pair_arguments, parse
 
-STEPS = 6
+STEPS = 7
 
 
 def build_parser() -> ArgumentParser:
@@ -59,6 +61,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--alphas", type=list[float], default=[0.3, 0.6], help="α values of the hand-set rule")
     parser.add_argument("--deferral-rates", type=list[float], default=[0.2, 0.4],
                         help="deferral rates of the learned rule")
+    parser.add_argument("--calibration-task", type=str, default="stdlib",
+                        help="prompts the trained router's deferral rates are calibrated on while decoding "
+                             "(stdlib: cuts of its train part, which the evaluation never uses)")
+    parser.add_argument("--calibration-prompts", type=int, default=16, help="prompts decoded per calibration threshold")
+    parser.add_argument("--calibration-tokens", type=int, default=32, help="tokens generated per calibration prompt")
     parser.add_argument("--shipped-router", type=str | None, default=str(asset_path("models", "default-router")),
                         help="router evaluated beside the one trained here (default pair only; null: skip)")
     parser.add_argument("--shipped-thresholds", type=list[float], default=[0.3, 0.4],
@@ -142,8 +149,17 @@ def main(argv: list[str]) -> int:
         ])
     else:
         print(f"\n[2-3/{STEPS}] router already exported in {router}", file=sys.stderr)
+    if "decode_calibration" not in json.loads((router / "router.json").read_text()):
+        step(4, "calibrate the router's deferral rates while decoding", [
+            "calibrate", *pair_flags(args), "--router", str(router), "--task", args.calibration_task,
+            "--limit", str(args.calibration_prompts), "--max-new-tokens", str(args.calibration_tokens),
+            "--draft-tokens", str(args.draft_tokens), "--batch-size", str(args.batch_size),
+            "--rates", json.dumps(args.deferral_rates),
+        ])
+    else:
+        print(f"\n[4/{STEPS}] deferral rates already calibrated in {router / 'router.json'}", file=sys.stderr)
     rule = args.hand_set_rule
-    step(4, f"evaluate the learned cascade on {args.task}", [
+    step(5, f"evaluate the learned cascade on {args.task}", [
         "evaluate", *pair_flags(args), *evaluate_flags(args), "--rules", f"[{rule}, learned]",
         "--alphas", json.dumps({rule: args.alphas}), "--router", str(router),
         "--deferral-rates", json.dumps(args.deferral_rates), "--out", str(evaluation),
@@ -151,17 +167,17 @@ def main(argv: list[str]) -> int:
     rows = read_rows(evaluation)
     shipped = args.shipped_router if args.shipped_router and not (args.drafter or args.target) else None
     if shipped:
-        step(5, "evaluate the shipped router on the same examples", [
+        step(6, "evaluate the shipped router on the same examples", [
             "evaluate", *pair_flags(args), *evaluate_flags(args), "--rules", "[learned]", "--router", shipped,
             "--thresholds", json.dumps(args.shipped_thresholds), "--out", str(evaluation_shipped),
             "--references-from", str(evaluation),
         ])
         rows += [{**r, "rule": "learned (shipped)"} for r in read_rows(evaluation_shipped) if r["rule"] == "learned"]
     else:
-        print(f"\n[5/{STEPS}] shipped router skipped ({'--shipped-router null' if not args.shipped_router else 'it is made for the default pair only'})",
+        print(f"\n[6/{STEPS}] shipped router skipped ({'--shipped-router null' if not args.shipped_router else 'it is made for the default pair only'})",
               file=sys.stderr)
     timed_apart = "; learned (shipped) is timed against the target of its own run" if shipped else ""
-    print(f"\n[6/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}{timed_apart})\n")
+    print(f"\n[7/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}{timed_apart})\n")
     print(comparison_table(rows))
     print(latency_legend(rows))
     print(quality_resolution(rows, args.limit))
