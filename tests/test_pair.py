@@ -18,7 +18,12 @@ def test_tiny_pair_round_trips_through_from_pretrained(tiny_pair, tiny_dir):
     assert tiny_pair.vocab_size == len(tiny_pair.tokenizer)
     assert tiny_pair.max_context == 256
     ident = tiny_pair.identity()
-    assert ident["target"]["kind"] == "folder" and ident["target"]["sha256"]
+    # a folder's weights hash: sha256 over the hex sha256 of each weight file (here one safetensors file)
+    import hashlib
+
+    for role in ("drafter", "target"):
+        inner = hashlib.sha256((tiny_dir / role / "model.safetensors").read_bytes()).hexdigest()
+        assert ident[role]["kind"] == "folder" and ident[role]["sha256"] == hashlib.sha256(inner.encode()).hexdigest()
     assert ident["drafter"]["tokenizer_sha256"] == ident["target"]["tokenizer_sha256"]
     assert not tiny_pair.target.model.training
 
