@@ -132,3 +132,27 @@ def test_make_task_names_and_errors():
         make_task("mbpp")
     with pytest.raises(DeferralError, match="drop --chat"):
         make_task("stdlib", chat=True)
+
+
+def test_a_task_added_to_the_registry_is_built_and_named_by_every_command(monkeypatch):
+    from deferral.errors import DeferralError
+    from inference.tasks import TASKS, Example, Task, check_task_name, make_task
+
+    class Echo(Task):
+        name, quality_key, chat = "echo", "chrf", False
+
+        def __init__(self, limit):
+            self.limit = limit
+
+        def examples(self):
+            return [Example(id=str(i), prompt=f"p{i}", reference=f"p{i}") for i in range(self.limit)]
+
+        def score(self, examples, replies):
+            return {"chrf": float(sum(e.reference == r for e, r in zip(examples, replies)) / len(examples))}
+
+    monkeypatch.setitem(TASKS, "echo", lambda options: Echo(options.limit or 3))
+    check_task_name("echo")
+    task = make_task("echo", limit=2)
+    assert isinstance(task, Echo) and [e.prompt for e in task.examples()] == ["p0", "p1"]
+    with pytest.raises(DeferralError, match="choose one of humaneval, stdlib, hf:<dataset or file>, echo"):
+        check_task_name("nope")
