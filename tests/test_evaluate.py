@@ -218,10 +218,10 @@ def test_references_from_another_folder_are_taken_not_decoded_and_still_timed(fi
 
     full_decodes, decode = [], inference.evaluate.decode_point
 
-    def counting(pair, rule, point, prompts, *rest):
+    def counting(pair, rule, point, prompts, *rest, **options):
         if len(prompts) == len(PROMPTS):  # the sweep decodes every prompt at once (batch size 1, one call)
             full_decodes.append(point.key)
-        return decode(pair, rule, point, prompts, *rest)
+        return decode(pair, rule, point, prompts, *rest, **options)
 
     monkeypatch.setattr(inference.evaluate, "decode_point", counting)
     out = tmp_path / "run"
