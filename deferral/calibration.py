@@ -52,14 +52,7 @@ def build_table(
     n = s.size
     rows = []
     for rate in RATE_GRID:
-        k = int(round(rate * n))  # positions deferred
-        if k == 0:
-            threshold = float(s_sorted[0])  # nothing scores above the maximum
-        elif k == n:
-            threshold = float(s_sorted[-1]) - 1.0
-        else:
-            # Midway between the k-th highest and the next one: rate k/n on these positions.
-            threshold = float((s_sorted[k - 1] + s_sorted[k]) / 2)
+        threshold, k = _cut(s_sorted, int(round(rate * n)))  # k: positions deferred at that threshold
         rows.append(
             {
                 "deferral_rate": float(rate),
@@ -69,6 +62,29 @@ def build_table(
             }
         )
     return {"split": split, "positions": int(n), "alpha": float(alpha), "rows": rows}
+
+
+def _cut(s_sorted: np.ndarray, k: int) -> tuple[float, int]:
+    """(threshold, positions deferred) for deferring the k highest of `s_sorted` (descending) under
+    `score > threshold`.
+
+    Between two different scores the threshold lies midway and defers exactly k. Where the k-th and
+    the (k+1)-th scores tie, no threshold splits the tied group: it is deferred whole (threshold just
+    below the tied score) or kept whole (threshold at it), whichever count lies nearer to k.
+    """
+    n = s_sorted.size
+    if k == 0:
+        return float(s_sorted[0]), 0  # nothing scores above the maximum
+    if k == n:
+        return float(s_sorted[-1]) - 1.0, n
+    high, low = s_sorted[k - 1], s_sorted[k]
+    if high > low:
+        return float((high + low) / 2), k
+    above = int(np.searchsorted(-s_sorted, -high, side="left"))  # scores strictly above the tie
+    at_or_above = int(np.searchsorted(-s_sorted, -high, side="right"))
+    if at_or_above - k < k - above:
+        return float(np.nextafter(high, -np.inf)), at_or_above
+    return float(high), above
 
 
 def _check_table(table: dict | None) -> list[dict]:

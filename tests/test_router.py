@@ -148,3 +148,18 @@ def test_inference_and_export_loading_stay_light(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_tied_scores_get_the_nearest_rate_a_threshold_can_reach():
+    # 100 positions: 10 at 0.9, 30 tied at 0.5, 60 at 0.1. No threshold defers exactly 20 or 30:
+    # the tied block goes whole or not at all, whichever lands nearer the requested count.
+    scores = np.array([0.9] * 10 + [0.5] * 30 + [0.1] * 60)
+    gap01 = np.arange(100) % 2 * 1.0
+    table = build_table(scores, gap01, gap01)
+    rows = {round(r["deferral_rate"], 2): r for r in table["rows"]}
+    assert deferral_rate(scores, rows[0.2]["threshold"]) == pytest.approx(0.1)  # 10 away from 20 vs 20
+    assert deferral_rate(scores, rows[0.3]["threshold"]) == pytest.approx(0.4)  # 10 away from 30 vs 20
+    assert deferral_rate(scores, rows[0.1]["threshold"]) == pytest.approx(0.1)  # exact between distinct scores
+    # The quality loss is that of the positions the threshold really keeps.
+    kept = scores <= rows[0.3]["threshold"]
+    assert rows[0.3]["gap01_loss"] == pytest.approx(gap01[kept].sum() / 100)
