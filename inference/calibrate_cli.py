@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     from deferral.calibration import decoded_rate_table, threshold_for_decoded_rate, threshold_for_rate
     from deferral.pair import load_pair
     from deferral.router import META_FILE, read_router_meta
-    from inference.decode_calibration import calibrate_by_decoding, calibration_error
+    from inference.decode_calibration import calibrate_by_decoding, calibration_error, nearest
     from inference.learned import DECODE_CALIBRATION_KEY, check_router, load_learned_rule
     from inference.runner import encode_prompts, run
     from inference.tasks import check_task_name, make_task
@@ -136,8 +136,10 @@ def main(argv: list[str]) -> int:
     bar = tqdm(total=most, desc="calibrate", unit="prompt", file=sys.stderr)
     bar.update(min(len(measured) * len(prompts), most))
 
+    rule = load_learned_rule(str(folder), pair, threshold=0.0, alpha=alpha)  # loaded once; threshold set per decode
+
     def decode_at(threshold: float):
-        rule = load_learned_rule(str(folder), pair, threshold=threshold, alpha=alpha)
+        rule.threshold = float(threshold)
         bar.set_postfix_str(f"threshold={threshold:.4f}")
         return run(pair, rule, prompts, cfg, batch_size=args.batch_size, on_batch=bar.update)
 
@@ -152,18 +154,16 @@ def main(argv: list[str]) -> int:
     bar.total = bar.n
     bar.close()
     table = decoded_rate_table(points, requested_rates=list(args.rates), **settings)
-    record = read_router_meta(folder)
-    record[DECODE_CALIBRATION_KEY] = table
+    meta[DECODE_CALIBRATION_KEY] = table
     tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
     tmp.replace(folder / META_FILE)  # atomic: a kill leaves the old router.json or the new one
     partial.unlink()
 
     print("| requested deferral rate | threshold | nearest measured rate |")
     print("|---|---|---|")
     for rate in args.rates:
-        nearest = min(table["rows"], key=lambda r: abs(r["deferral_rate"] - rate))
-        print(f"| {rate:.2f} | {threshold_for_decoded_rate(table, rate):.4f} | {nearest['deferral_rate']:.3f} |")
+        print(f"| {rate:.2f} | {threshold_for_decoded_rate(table, rate):.4f} | {nearest(points, rate)[0]['deferral_rate']:.3f} |")
     print(f"decode calibration written to {folder / META_FILE} ({len(points)} thresholds, {len(prompts)} prompts; "
           f"largest gap from a requested rate to a measured one {calibration_error(points, args.rates):.3f})", file=sys.stderr)
     return 0

@@ -81,7 +81,7 @@ def calibrate_by_decoding(
     for threshold in start:
         measure(threshold)
     for _ in range(max_rounds):
-        missing = [r for r in rates if min(abs(p["deferral_rate"] - r) for p in points) > tolerance]
+        missing = [r for r in rates if nearest(points, r)[1] > tolerance]
         if not missing:
             break
         for threshold in next_thresholds(points, missing):
@@ -89,7 +89,13 @@ def calibrate_by_decoding(
     return points
 
 
+def nearest(points: list[dict], rate: float) -> tuple[dict, float]:
+    """The measured point whose decoded rate lies nearest `rate`, and that distance."""
+    point = min(points, key=lambda p: abs(p["deferral_rate"] - rate))
+    return point, abs(point["deferral_rate"] - rate)
+
+
 def calibration_error(points: list[dict], rates: list[float]) -> float:
     """Largest distance from a requested rate to its nearest measured rate: how closely the
     measurements cover the requests (interpolation does better between two close measurements)."""
-    return max(min(abs(p["deferral_rate"] - rate) for p in points) for rate in rates)
+    return max(nearest(points, rate)[1] for rate in rates)
