@@ -9,7 +9,8 @@
 # DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: harm, as shipped, or
 # ref_harm), FEATURES (all no-hidden: the variants trained), THRESHOLDS or RATES (the learned rule's
 # sweep, by score threshold or by calibrated deferral rate), RULES and ALPHAS (the hand-set sweep),
-# LIMIT (800 examples), BATCH (200), TAG (suffix of the eval folder) and DEFERRAL (the command) can be
+# LIMIT (800 examples), BATCH (200), TAG (suffix of the eval folder), EVAL_ARGS (more `deferral evaluate`
+# flags, e.g. "--timing-repeats 0") and DEFERRAL (the command) can be
 # set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
 set -euo pipefail
 stage=$1
@@ -44,7 +45,7 @@ case "$stage" in
       --rules "${RULES:-[token-v3, opt, kl, typical, fly, learned]}" --modes '[speculative]' \
       --alphas "${ALPHAS:-$default_alphas}" \
       --router "$router" "${sweep[@]}" \
-      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --no-mlflow
+      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --no-mlflow ${EVAL_ARGS:-}
     ;;
   *)
     echo "error: unknown stage '$stage': use log, train or eval" >&2

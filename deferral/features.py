@@ -106,6 +106,15 @@ def token_columns(d: Distributions, candidates: torch.Tensor) -> dict[str, torch
     }
 
 
+def agree_run(ahead: "Lookahead") -> torch.Tensor:
+    """(N,) how many drafted tokens right after each position the target agrees with, in a row.
+
+    Keeping a drafted token the target would replace gains exactly this many tokens plus one in its
+    block (itself and the agreeing run; then the next mismatch is decided, or the bonus token comes).
+    """
+    return (ahead.agree & ahead.valid).float().cumprod(-1).sum(-1)
+
+
 def lookahead_columns(ahead: "Lookahead") -> dict[str, torch.Tensor]:
     """Features of the drafted tokens after a position in its block: name -> (N,)."""
     valid = ahead.valid.float()
@@ -116,7 +125,7 @@ def lookahead_columns(ahead: "Lookahead") -> dict[str, torch.Tensor]:
     return {
         "ahead_n": n,  # drafted positions after this one in the block (0..LOOKAHEAD)
         "ahead_agree_next": agree[:, 0],  # the next drafted token is the target's argmax there (0 if none)
-        "ahead_agree_run": agree.cumprod(-1).sum(-1),  # consecutive such agreements right after this position
+        "ahead_agree_run": agree_run(ahead),  # consecutive such agreements right after this position
         "ahead_agree_frac": agree.sum(-1) / denom,  # share of the following drafts the target agrees with
         "ahead_logp_next": logp[:, 0],  # log p of the next drafted token (0 if none)
         "ahead_logp_mean": logp.sum(-1) / denom,  # mean log p of the following drafted tokens (0 if none)

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from deferral.errors import DeferralError
-from deferral.features import FeatureSpec, Lookahead, compute_features, no_lookahead
+from deferral.features import FeatureSpec, Lookahead, agree_run, compute_features, no_lookahead
 from deferral.probs import total_variation
 
 
@@ -246,7 +246,16 @@ class Learned(DeferralRule):
     makes the acceptable set A well defined whatever token was sampled; tokens outside that set are
     never kept unconditionally. With α = 0 this thresholds a classifier; with a loss-gap regressor
     and α > 0 it is a learned version of the paper's optimal rule (defer iff gap > α·D_TV).
+
+    Decisions (`decision`, stored with the router):
+    - "score": keep iff score ≤ limit (limit = threshold + α·D_TV).
+    - "per_token_gained": keep iff score ≤ limit·(1 + r), r = the drafts right after this one that the
+      target agrees with (`features.agree_run`, exact from the verify pass). Keeping a mismatch buys
+      r + 1 tokens in its block for one token's harm, so this keeps the mismatches whose harm per token
+      gained is lowest: a harm budget buys more tokens per target call. Needs the block features.
     """
+
+    DECISIONS = ("score", "per_token_gained")
 
     name = "learned"
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 0.0
@@ -259,10 +268,17 @@ class Learned(DeferralRule):
         alpha: float = 0.0,
         candidates: int = 1,
         feature_spec: FeatureSpec | None = None,
+        decision: str = "score",
     ):
         super().__init__(alpha)
         if candidates < 1:
             raise DeferralError(f"the learned rule needs at least 1 candidate token, got {candidates}")
+        if decision not in self.DECISIONS:
+            raise DeferralError(f"unknown learned decision '{decision}': use one of {', '.join(self.DECISIONS)}")
+        if decision == "per_token_gained" and not (feature_spec and feature_spec.block_features):
+            raise DeferralError("the per_token_gained decision reads the drafted block's look-ahead: "
+                                "it needs a router trained with block features (a cascade log)")
+        self.decision = decision
         self.scorer = scorer
         self.threshold = float(threshold)
         self.candidates = candidates
@@ -288,6 +304,8 @@ class Learned(DeferralRule):
         limit = self.threshold
         if self.alpha:  # TV costs a pass over (N, V): only when the rule reads it
             limit = limit + self.alpha * total_variation(d.q_sample, d.p_sample)[:, None]
+        if self.decision == "per_token_gained":
+            limit = limit * (1.0 + agree_run(ahead).to(scores.device))[:, None]  # (N, 1): tokens this keep buys
         keep = scores <= limit  # (N, C)
         if self.feature_spec.block_features:
             keep &= d.drafted[:, None] >= 0
@@ -295,7 +313,8 @@ class Learned(DeferralRule):
         return token_specific(d, acceptable)
 
     def __repr__(self) -> str:
-        return f"Learned(threshold={self.threshold}, alpha={self.alpha}, candidates={self.candidates})"
+        return (f"Learned(threshold={self.threshold}, alpha={self.alpha}, candidates={self.candidates}, "
+                f"decision={self.decision!r})")
 
 
 class KLJudge(DeferralRule):

@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     from deferral.pair import load_pair
     from deferral.router import META_FILE, read_router_meta
     from inference.decode_calibration import calibrate_by_decoding, calibration_error, nearest
-    from inference.learned import DECODE_CALIBRATION_KEY, check_router, load_learned_rule
+    from inference.learned import DECODE_CALIBRATION_KEY, check_router, load_learned_rule, router_decision
     from inference.runner import encode_prompts, run
     from inference.tasks import check_task_name, make_task
 
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
               "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
               "draft_confidence": cfg.draft_confidence, "draft_schedule": cfg.draft_schedule}
     settings = {"task": task.describe(), "prompts": len(prompts), "decode": decode, "alpha": alpha,
-                "device": str(pair.device), "dtype": args.dtype}
+                "decision": router_decision(meta), "device": str(pair.device), "dtype": args.dtype}
 
     partial = folder / PARTIAL_FILE
     measured = read_partial(partial, settings)
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
         print(f"resuming: {len(measured)} thresholds already decoded ({partial})", file=sys.stderr)
     else:
         partial.write_text(json.dumps({"settings": settings}) + "\n")
-    log_table = meta.get("calibration")
+    log_table = meta.get("calibration") if router_decision(meta) == "score" else None  # logged scores, plain decision
     start = [threshold_for_rate(log_table, r) for r in args.rates] if log_table else [float(meta.get("default_threshold", 0.0))]
 
     # Counted in prompts decoded (an ETA after the first batch); the total is an upper bound: the

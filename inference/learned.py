@@ -35,18 +35,30 @@ def pair_mismatch(trained: dict, loaded: dict) -> str | None:
     return None
 
 
+def router_decision(meta: dict) -> str:
+    """How the router's score becomes a decision (router.json `decision`; see rules.Learned)."""
+    return str(meta.get("decision", "score"))
+
+
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
     """The score threshold: given directly, read off a calibration table for a deferral rate, or
     the export's default. A table measured while decoding (`deferral calibrate`) is preferred to
-    the one over logged positions wherever it covers the rate."""
+    the one over logged positions wherever it covers the rate. Tables made under another decision
+    than the router's are not read."""
     from deferral.calibration import decoded_rate_range, threshold_for_decoded_rate, threshold_for_rate
 
     if threshold is not None and deferral_rate is not None:
         raise DeferralError("give either --threshold or --deferral-rate, not both")
     if threshold is not None:
         return float(threshold)
-    table = meta.get("calibration")
+    decision = router_decision(meta)
+    table = meta.get("calibration") if decision == "score" else None  # logged positions, plain scores
     decoded = meta.get(DECODE_CALIBRATION_KEY)
+    if decoded and decoded.get("decision", "score") != decision:
+        decoded = None
+    if deferral_rate is not None and decision != "score" and not (table or decoded):
+        raise DeferralError(f"the router has no calibration table for its '{decision}' decision: pass --threshold, "
+                            "or measure one with `deferral calibrate --router DIR`")
     if deferral_rate is not None:
         for t in (table, decoded):
             if t and abs(float(t.get("alpha", 0.0)) - alpha) > 1e-12:
@@ -58,6 +70,10 @@ def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float 
             low, high = decoded_rate_range(decoded)
             if low - RATE_SLACK <= deferral_rate <= high + RATE_SLACK:
                 return threshold_for_decoded_rate(decoded, deferral_rate)
+            if not table:
+                raise DeferralError(f"--deferral-rate {deferral_rate} lies outside the rates measured while decoding "
+                                    f"({low:.2f}-{high:.2f}): ask for one inside, or rerun `deferral calibrate` "
+                                    "with it in --rates")
             print(f"warning: --deferral-rate {deferral_rate} lies outside the rates measured while decoding "
                   f"({low:.2f}-{high:.2f}, `deferral calibrate`): the threshold comes from the logged positions, "
                   "whose rates decoding does not keep", file=sys.stderr)
@@ -138,4 +154,5 @@ def load_learned_rule(
         alpha=alpha,
         candidates=logged_candidates(meta),
         feature_spec=spec,
+        decision=str(meta.get("decision", "score")),
     )

@@ -119,7 +119,7 @@ def test_an_interrupted_calibration_resumes_from_its_measurements(router, tiny_d
     # An interrupted run: the copy holds its settings line and all but the last measurement.
     resumed = tmp_path / "resumed"
     shutil.copytree(router, resumed)
-    settings = {k: table[k] for k in ("task", "prompts", "decode", "alpha", "device", "dtype")}
+    settings = {k: table[k] for k in ("task", "prompts", "decode", "alpha", "decision", "device", "dtype")}
     in_order = sorted(table["rows"], key=lambda r: r["step"])
     done = [{k: r[k] for k in ("threshold", "deferral_rate", "examined", "step")} for r in in_order][:-1]
     (resumed / "decode_calibration.partial.jsonl").write_text(
@@ -149,3 +149,22 @@ def test_bad_calibration_requests_fail_in_one_line(router, tiny_dir, tmp_path, c
 def test_a_folder_without_router_is_refused(tiny_dir, tmp_path, capsys):
     assert deferral(["calibrate", *pair_flags(tiny_dir), "--router", str(tmp_path)]) == 2
     assert "holds no router.json" in capsys.readouterr().err
+
+
+def test_tables_made_under_another_decision_are_not_read():
+    """A router switched to the per_token_gained decision must not read thresholds measured for plain
+    scores: neither the logged table nor a decode table made before the switch."""
+    from inference.learned import resolve_threshold
+
+    logged = {"alpha": 0.0, "rows": [{"deferral_rate": 0.1, "threshold": 0.6}, {"deferral_rate": 0.3, "threshold": 0.2}]}
+    decoded = decoded_rate_table([{"threshold": 0.5, "deferral_rate": 0.1, "examined": 100},
+                                  {"threshold": 0.1, "deferral_rate": 0.3, "examined": 100}], alpha=0.0, decision="score")
+    meta = {"calibration": logged, "decode_calibration": decoded}
+    assert resolve_threshold(meta, None, 0.2, 0.0) == pytest.approx(0.3)  # plain decision: the decode table
+    gained = {**meta, "decision": "per_token_gained"}
+    with pytest.raises(DeferralError, match="no calibration table for its 'per_token_gained' decision"):
+        resolve_threshold(gained, None, 0.2, 0.0)
+    measured = {**gained, "decode_calibration": {**decoded, "decision": "per_token_gained"}}
+    assert resolve_threshold(measured, None, 0.2, 0.0) == pytest.approx(0.3)
+    with pytest.raises(DeferralError, match="outside the rates measured while decoding"):
+        resolve_threshold(measured, None, 0.6, 0.0)

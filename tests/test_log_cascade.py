@@ -167,7 +167,7 @@ def test_calibration_counts_the_positions_decoding_examines():
     calibration table. Blocks are recovered from rows stored sorted by (doc, position), as logs are."""
     import numpy as np
 
-    from training.router.datamodule import examined_positions
+    from training.logs.blocks import examined_positions
 
     rng = np.random.default_rng(0)
     k, docs, truth = 5, [], []
@@ -188,3 +188,35 @@ def test_calibration_counts_the_positions_decoding_examines():
     assert 0 < got.mean() < 1
     # rows that do not form blocks (a cut shard) count as examined
     assert examined_positions(np.array([1, 1]), np.array([3, 9]), np.array([1, 1]), block=k).all()
+
+
+def test_replaying_a_decision_over_logged_blocks_counts_what_it_would_commit():
+    """Each block commits its drafts up to the first mismatch the decision defers, plus that
+    correction (or the bonus token when it keeps the whole block), counted here block by block."""
+    import numpy as np
+
+    from training.logs.blocks import replay_blocks
+
+    rng = np.random.default_rng(1)
+    k, rows, expected_tokens, expected_kept = 4, [], [], 0
+    pos = 10
+    for _ in range(30):
+        miss, keep = rng.random(k) < 0.4, rng.random(k) < 0.5
+        committed = 0
+        for j in range(k):
+            if miss[j] and not keep[j]:
+                break
+            committed += 1
+            expected_kept += int(miss[j])
+        expected_tokens.append(committed + 1)
+        rows += [(0, pos + j, int(miss[j]), bool(keep[j])) for j in range(k)]
+        lossless = int(np.argmax(miss)) if miss.any() else k
+        pos += lossless + 1 if lossless < k else k + 1  # the log follows lossless decoding's text
+    doc_id, position, mismatch, keep = (np.array(c) for c in zip(*rows))
+    stored = np.lexsort((position, doc_id))
+    replay = replay_blocks(doc_id[stored], position[stored], mismatch[stored], keep[stored], block=k)
+    assert replay.tokens.tolist() == expected_tokens
+    assert int(replay.kept_mismatch.sum()) == expected_kept
+    nothing = replay_blocks(doc_id, position, mismatch, np.zeros(len(keep), bool), block=k)
+    everything = replay_blocks(doc_id, position, mismatch, np.ones(len(keep), bool), block=k)
+    assert nothing.kept_mismatch.sum() == 0 and everything.tokens_per_call == k + 1

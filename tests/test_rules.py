@@ -301,3 +301,32 @@ def test_fly_without_lookahead_is_lossless_and_checks_its_window():
     d_short, _ = fly_blocks(temperature=1.0)
     with pytest.raises(DeferralError, match="wider than the look-ahead"):
         FLy(0.3, window=d_short.lookahead.agree.shape[1] + 1).target(d_short)
+
+
+def test_per_token_gained_keeps_a_draft_iff_its_score_is_within_threshold_times_tokens_bought():
+    """decision="per_token_gained": keep the drafted token iff score <= threshold * (1 + r), r the run of
+    following drafts the target agrees with, counted here by hand from the argmaxes of each block."""
+    k, n = 4, 64
+    q, p = random_logits(n, seed=5)
+    d = in_blocks(inputs(q, p, temperature=0.0), k=k)
+    scores = torch.linspace(0.0, 1.2, n)  # one score per position, whatever the features
+    scorer = lambda f: scores  # noqa: E731  (the rule scores one candidate, the drafted token, per position)
+    rule = Learned(scorer, threshold=0.2, feature_spec=FeatureSpec(lookahead=True), decision="per_token_gained")
+    kept = ~rule.target(d).deferred
+    agree = (d.drafted == p.argmax(-1)).view(n // k, k)
+    for b in range(n // k):
+        for j in range(k):
+            run = 0
+            while j + 1 + run < k and agree[b, j + 1 + run]:
+                run += 1
+            i = b * k + j
+            assert bool(kept[i]) == bool(scores[i] <= 0.2 * (1 + run)), (b, j, run)
+    plain = ~Learned(scorer, threshold=0.2, feature_spec=FeatureSpec(lookahead=True)).target(d).deferred
+    assert (plain == (scores <= 0.2)).all() and kept.sum() > plain.sum()  # the runs bought more keeps
+
+
+def test_per_token_gained_needs_block_features_and_known_decisions():
+    with pytest.raises(DeferralError, match="needs a router trained with block features"):
+        Learned(lambda f: f[:, 0], threshold=0.1, decision="per_token_gained")
+    with pytest.raises(DeferralError, match="unknown learned decision 'gain'"):
+        Learned(lambda f: f[:, 0], threshold=0.1, feature_spec=FeatureSpec(lookahead=True), decision="gain")

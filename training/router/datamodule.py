@@ -18,6 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
+from training.logs.blocks import examined_positions
 from training.logs.logged_data import check_feature_spec, load_logged, read_meta
 
 # Named router targets: (logged column, rule turning the column into "deferral needed" = 1).
@@ -154,53 +155,6 @@ def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
             f"{', '.join(CONSEQUENCE_TARGETS)}), not '{target}'"
         )
     return target_values(arrays, target)
-
-
-def _blocks_of_document(position: np.ndarray, block: int) -> np.ndarray | None:
-    """(R,) block index of each row of one document's cascade-log rows, or None when they do not
-    form blocks. Rows are sorted by position, stably (rows at one position in decode order); each
-    verified block is `block` consecutive positions and starts after the previous block's start, so
-    the number of blocks covering x, n(x), fixes the starts: starts(x) = n(x) - n(x-1) + starts(x-block)."""
-    lo, hi = int(position.min()), int(position.max())
-    n = np.bincount(position - lo, minlength=hi - lo + 1)
-    starts = np.zeros_like(n)
-    for x in range(len(n)):
-        starts[x] = n[x] - (n[x - 1] if x else 0) + (starts[x - block] if x >= block else 0)
-        if starts[x] not in (0, 1):  # a decode step commits at least one token: one block per start
-            return None
-    begin = np.flatnonzero(starts)  # block starts, in decode order
-    covered = np.zeros_like(n)
-    for b in begin:
-        covered[b : b + block] += 1
-    if not np.array_equal(covered, n):
-        return None
-    out = np.empty(len(position), dtype=np.int64)
-    for x, rows in zip(*np.unique(position - lo, return_index=True)):
-        blocks = np.flatnonzero((begin <= x) & (begin > x - block))  # blocks covering x, in decode order
-        out[rows : rows + len(blocks)] = blocks
-    return out
-
-
-def examined_positions(doc_id: np.ndarray, position: np.ndarray, mismatch: np.ndarray, block: int) -> np.ndarray:
-    """(N,) bool: the rows of a cascade log that lossless decoding examines.
-
-    A cascade log holds every drafted position of each verified block, but decoding decides a block
-    only up to its first mismatch: its later rows are never looked at. Rows are stored sorted by
-    (doc_id, position); the blocks are recovered from the positions (_blocks_of_document). A
-    document whose rows do not form blocks counts as examined throughout.
-    """
-    examined = np.ones(len(doc_id), dtype=bool)
-    order = np.lexsort((position, doc_id))  # the stored order (stable)
-    bounds = np.flatnonzero(np.diff(doc_id[order])) + 1
-    for rows in np.split(order, bounds):
-        blocks = _blocks_of_document(position[rows].astype(np.int64), block)
-        if blocks is None:
-            continue
-        for b in np.unique(blocks):
-            in_block = rows[blocks == b]  # its positions in increasing order
-            miss = mismatch[in_block].astype(bool)
-            examined[in_block] = (np.cumsum(miss) - miss) == 0  # no mismatch before this position
-    return examined
 
 
 def calibration_rows(arrays: LoggedArrays) -> np.ndarray:
