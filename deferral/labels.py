@@ -11,15 +11,94 @@ With y the reference token that actually follows and x the drafted token:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-LABEL_DEFINITIONS = {
-    "label_mismatch": "1[argmax q != argmax p] (int8)",
-    "label_accept_prob": "min(1, p(x)/q(x)) for the drafted token x, unscaled softmax (float32)",
-    "label_gap01": "1[argmax q != y] - 1[argmax p != y] for the reference token y (float32)",
-    "label_gap_nll": "-log q(y) + log p(y) for the reference token y (float32)",
-    "tv": "D_TV(q, p) of the unscaled distributions; oracle deferral for alpha is gap > alpha * tv (float32)",
-}
+
+@dataclass(frozen=True)
+class LabelColumn:
+    """One label column of a logged dataset (`deferral log`)."""
+
+    name: str
+    dtype: str  # numpy dtype name in the log: "int8" or "float32"
+    definition: str  # written into the log's meta.json
+    consequence: bool = False  # from target roll-outs in cascade logs (training/logs/consequence.py); NaN elsewhere
+
+
+_COLUMNS = (
+    LabelColumn("label_mismatch", "int8", "1[argmax q != argmax p] (int8)"),
+    LabelColumn("label_accept_prob", "float32", "min(1, p(x)/q(x)) for the drafted token x, unscaled softmax (float32)"),
+    LabelColumn("label_gap01", "float32", "1[argmax q != y] - 1[argmax p != y] for the reference token y (float32)"),
+    LabelColumn("label_gap_nll", "float32", "-log q(y) + log p(y) for the reference token y (float32)"),
+    LabelColumn("label_ll_drop", "float32",
+                "mean per-token drop of the target's log-likelihood of its own continuation when the drafted token "
+                "replaces its argmax (float32; 0 where they agree; NaN outside cascade logs)", consequence=True),
+    LabelColumn("label_rollout_chrf", "float32",
+                "chrF of drafted token + target roll-out against argmax + target roll-out (float32; 1 where they "
+                "agree; NaN outside cascade logs)", consequence=True),
+    LabelColumn("label_same_line", "float32",
+                "1 where both roll-outs agree up to their first newline (float32; NaN outside cascade logs)",
+                consequence=True),
+    LabelColumn("label_ref_gain", "float32",
+                "chrF against the document's real next lines of the text with the drafted token minus with the "
+                "target's (float32; 0 where they agree; NaN without a reference or outside cascade logs)",
+                consequence=True),
+    LabelColumn("tv", "float32",
+                "D_TV(q, p) of the unscaled distributions; oracle deferral for alpha is gap > alpha * tv (float32)"),
+)
+#: Every label column a log holds, in the log's column order: adding one is one entry here plus the
+#: code that computes it (compute_labels for token labels, training/logs/consequence.py for roll-outs).
+LABEL_COLUMNS: dict[str, LabelColumn] = {c.name: c for c in _COLUMNS}
+TOKEN_LABELS = tuple(name for name, c in LABEL_COLUMNS.items() if not c.consequence)
+CONSEQUENCE_LABELS = tuple(name for name, c in LABEL_COLUMNS.items() if c.consequence)
+
+
+def _same(v):
+    return v
+
+
+@dataclass(frozen=True)
+class RouterTarget:
+    """What a router learns from one label column: `harm` orients the column (higher = keeping the
+    drafted token is worse), `needed` turns that into "deferral needed" (the classifier's label),
+    and a regressable target may be fitted as a value (objective 'regress')."""
+
+    name: str
+    column: str
+    description: str
+    needed: Callable = lambda h: h > 0
+    harm: Callable = _same
+    regressable: bool = False
+
+    @property
+    def consequence(self) -> bool:
+        return LABEL_COLUMNS[self.column].consequence
+
+
+_TARGETS = (
+    RouterTarget("gap01", "label_gap01", "the drafter's argmax is wrong where the target's is right", regressable=True),
+    RouterTarget("gap_nll", "label_gap_nll", "the drafter's log-loss on the reference token exceeds the target's",
+                 regressable=True),
+    RouterTarget("mismatch", "label_mismatch", "argmax q != argmax p"),
+    RouterTarget("reject", "label_accept_prob", "the drafted token's acceptance probability min(1, p/q) < 0.5",
+                 needed=lambda h: h < 0.5),
+    RouterTarget("harm", "label_rollout_chrf",
+                 "1 - chrF of the roll-out after the drafted token against the one after the target's (regressed); "
+                 "deferral needed where it exceeds 0.5", needed=lambda h: h > 0.5, harm=lambda v: 1.0 - v,
+                 regressable=True),
+    RouterTarget("ll_drop", "label_ll_drop",
+                 "drop of the target's mean log-likelihood of its own continuation (regressed); needed above 0.5 nats",
+                 needed=lambda h: h > 0.5, regressable=True),
+    RouterTarget("line_change", "label_same_line", "the roll-out's first line changes", needed=lambda h: h > 0.5,
+                 harm=lambda v: 1.0 - v, regressable=True),
+    RouterTarget("ref_harm", "label_ref_gain",
+                 "chrF against the document's real next lines lost by keeping the drafted token (regressed); "
+                 "needed where positive", harm=lambda v: -v, regressable=True),
+)
+#: Named router targets (`--data.target`): adding one is one entry here plus its test.
+ROUTER_TARGETS: dict[str, RouterTarget] = {t.name: t for t in _TARGETS}
 
 
 def compute_labels(
@@ -34,7 +113,7 @@ def compute_labels(
         drafted: (N,) the drafter's drafted token x.
 
     Returns:
-        {name: (N,) tensor} for every key of LABEL_DEFINITIONS (int8 mismatch, float32 otherwise).
+        {name: (N,) tensor} for every name of TOKEN_LABELS (int8 mismatch, float32 otherwise).
     """
     logq = torch.log_softmax(q_logits.float(), -1)  # (N, V)
     logp = torch.log_softmax(p_logits.float(), -1)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from deferral.labels import LABEL_DEFINITIONS, compute_labels
+from deferral.labels import TOKEN_LABELS, compute_labels
 
 
 def _logits(probs):
@@ -18,7 +18,7 @@ def test_labels_by_hand():
     reference = torch.tensor([1, 1])
     drafted = torch.tensor([0, 0])
     out = compute_labels(q, p, reference, drafted)
-    assert set(out) == set(LABEL_DEFINITIONS)
+    assert set(out) == set(TOKEN_LABELS)
     assert out["label_mismatch"].tolist() == [0, 1]
     assert out["label_mismatch"].dtype == torch.int8
     # min(1, p(x)/q(x)) with x = 0
@@ -84,3 +84,36 @@ def test_labels_with_features_equal_compute_labels():
     for name in slow:
         assert fast[name].dtype == slow[name].dtype, name
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_router_targets_orient_and_threshold_their_registered_column(monkeypatch):
+    """Each named target reads its column from the registry, orients it (higher = keeping the draft
+    is worse) and thresholds it; a target added to the registry works everywhere with no other edit."""
+    import numpy as np
+    import pytest
+
+    from deferral.errors import DeferralError
+    from deferral.labels import LABEL_COLUMNS, ROUTER_TARGETS, RouterTarget
+    from training.router.datamodule import LoggedArrays, binary_target, check_target, regression_target
+
+    cols = {
+        "label_gap01": np.array([1.0, 0.0, -1.0, 0.0], np.float32),
+        "label_accept_prob": np.array([0.2, 0.9, 0.5, 0.49], np.float32),
+        "label_rollout_chrf": np.array([0.3, 1.0, 0.6, 0.4], np.float32),
+        "label_ref_gain": np.array([-0.1, 0.0, 0.2, -0.05], np.float32),
+        "label_mismatch": np.array([1, 0, 1, 1], np.int8),
+    }
+    arrays = LoggedArrays(features=np.zeros((4, 1), np.float32), columns=cols, meta={})
+    assert binary_target(arrays, "gap01").tolist() == [1, 0, 0, 0]
+    assert binary_target(arrays, "reject").tolist() == [1, 0, 0, 1]
+    assert binary_target(arrays, "harm").tolist() == [1, 0, 0, 1]  # 1 - chrF > 0.5
+    np.testing.assert_allclose(regression_target(arrays, "harm"), [0.7, 0.0, 0.4, 0.6], atol=1e-6)
+    assert binary_target(arrays, "ref_harm").tolist() == [1, 0, 0, 1]  # a loss against the reference
+    with pytest.raises(DeferralError, match="objective 'regress' needs"):
+        regression_target(arrays, "mismatch")
+    assert all(t.column in LABEL_COLUMNS for t in ROUTER_TARGETS.values())
+
+    monkeypatch.setitem(ROUTER_TARGETS, "unsure", RouterTarget("unsure", "label_accept_prob", "acceptance below 0.95",
+                                                               needed=lambda h: h < 0.95))
+    check_target("unsure")
+    assert binary_target(arrays, "unsure").tolist() == [1, 1, 1, 1]

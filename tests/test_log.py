@@ -63,8 +63,9 @@ def test_dataset_opens_and_has_the_contract_columns(logged):
     corpus, out = logged
     ds, meta = fmt.load_logged(out)
     assert ds.column_names == fmt.COLUMNS
-    assert fmt.LABEL_COLUMNS == ["label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll",
-                                 "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain"]
+    assert fmt.COLUMNS[fmt.COLUMNS.index("features") + 1:] == [
+        "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll",
+        "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain", "tv"]
     # reference logs hold no consequence labels: NaN, never a value that could pass for one
     assert np.isnan(arrays(ds)["label_rollout_chrf"]).all()
     spec = FeatureSpec.from_dict(meta["feature_spec"])
@@ -78,7 +79,7 @@ def test_dataset_opens_and_has_the_contract_columns(logged):
     np.testing.assert_array_equal(arrays(plain)["features"], arrays(ds)["features"])
     # Metadata per the contract.
     assert meta["format"] == "deferral-log" and meta["format_version"] == 1 and meta["mode"] == "reference"
-    assert set(fmt.LABEL_COLUMNS) <= set(meta["labels"]) and "tv" in meta["labels"]
+    assert set(meta["labels"]) == set(fmt.COLUMNS[fmt.COLUMNS.index("features") + 1:])
     assert meta["pair"]["vocab_size"] > 0 and meta["corpus"]["kind"] == "files"
     assert {"torch", "transformers", "datasets"} <= set(meta["library_versions"])
     # 12 paragraphs, one row per next token of each.

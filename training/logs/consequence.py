@@ -32,15 +32,6 @@ from inference.autoregressive import autoregressive_generate
 from inference.config import DecodeConfig
 from inference.tasks.text_metrics import chrf, first_line
 
-CONSEQUENCE_LABELS = {
-    "label_ll_drop": "mean per-token drop of the target's log-likelihood of its own continuation when the "
-                     "drafted token replaces its argmax (float32; 0 where they agree; NaN outside cascade logs)",
-    "label_rollout_chrf": "chrF of drafted token + target roll-out against argmax + target roll-out "
-                          "(float32; 1 where they agree; NaN outside cascade logs)",
-    "label_same_line": "1 where both roll-outs agree up to their first newline (float32; NaN outside cascade logs)",
-    "label_ref_gain": "chrF against the document's real next lines of the text with the drafted token minus "
-                      "with the target's (float32; 0 where they agree; NaN without a reference or outside cascade logs)",
-}
 
 
 @dataclass(frozen=True)
@@ -116,7 +107,7 @@ def consequence_labels(
     generated: list[list[int]] | None = None,
     references: list[str | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """CONSEQUENCE_LABELS for N drafted positions (see the module docstring).
+    """The consequence labels (deferral.labels.CONSEQUENCE_LABELS) for N drafted positions (see the module docstring).
 
     contexts: N token lists (what precedes each drafted token); drafted, target_argmax: (N,) ints;
     generated: N token lists (the part of each context written after the prompt) and references: N

@@ -19,9 +19,8 @@ import torch
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
-from deferral.labels import labels_with_features
+from deferral.labels import CONSEQUENCE_LABELS, labels_with_features
 from deferral.pair import Pair
-from training.logs.consequence import CONSEQUENCE_LABELS
 from training.logs.mixed_corpus import strip_chat_marker
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")

@@ -29,14 +29,12 @@ import pyarrow as pa
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
-from deferral.labels import LABEL_DEFINITIONS
-from training.logs.consequence import CONSEQUENCE_LABELS
+from deferral.labels import CONSEQUENCE_LABELS, LABEL_COLUMNS
 
 FORMAT = "deferral-log"
 FORMAT_VERSION = 1
-LABEL_COLUMNS = ["label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", *CONSEQUENCE_LABELS]
 ID_COLUMNS = ["doc_id", "position", "token_id", "drafted_id"]
-COLUMNS = ID_COLUMNS + ["features"] + LABEL_COLUMNS + ["tv"]
+COLUMNS = ID_COLUMNS + ["features"] + list(LABEL_COLUMNS)
 SHARD_GLOB = "shards/rank-*/chunk-*.arrow"
 _SHARD_NAME = re.compile(r"chunk-(\d+)\.arrow$")
 
@@ -45,12 +43,7 @@ _NUMPY_TYPES = {
     "position": np.int32,
     "token_id": np.int32,
     "drafted_id": np.int32,
-    "label_mismatch": np.int8,
-    "label_accept_prob": np.float32,
-    "label_gap01": np.float32,
-    "label_gap_nll": np.float32,
-    "tv": np.float32,
-    **{name: np.float32 for name in CONSEQUENCE_LABELS},
+    **{name: np.dtype(c.dtype).type for name, c in LABEL_COLUMNS.items()},
 }
 
 
@@ -167,7 +160,7 @@ def build_meta(spec: FeatureSpec, pair_identity: dict, corpus: dict, mode: str, 
         "pair": pair_identity,
         "corpus": corpus,
         "mode": mode,
-        "labels": {**LABEL_DEFINITIONS, **CONSEQUENCE_LABELS},
+        "labels": {name: c.definition for name, c in LABEL_COLUMNS.items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "library_versions": {
             "torch": torch.__version__,

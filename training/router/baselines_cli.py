@@ -28,7 +28,8 @@ from training.router.baselines import (
     rule_scores,
     score_table,
 )
-from training.router.datamodule import TARGETS, binary_target, check_fractions, check_target, read_arrays, split_documents
+from deferral.labels import ROUTER_TARGETS
+from training.router.datamodule import binary_target, check_fractions, check_target, read_arrays, split_documents
 
 
 def build_parser() -> ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data", type=str, required=True, help="a `deferral log` output folder")
     parser.add_argument("--router", type=str | None, default=None, help="router export folder to compare (its splits)")
     parser.add_argument("--targets", type=str | None, default=None,
-                        help=f"comma-separated targets ({', '.join(TARGETS)}); default: the router's target")
+                        help=f"comma-separated targets ({', '.join(ROUTER_TARGETS)}); default: the router's target")
     parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the fixed-alpha OPT score")
     parser.add_argument("--whole-log", action="store_true",
                         help="score every document (a log the router never trained on, e.g. stdlib:heldout); "

@@ -18,44 +18,23 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
+from deferral.labels import LABEL_COLUMNS, ROUTER_TARGETS
 from training.logs.blocks import examined_positions
-from training.logs.logged_data import check_feature_spec, load_logged, read_meta
+from training.logs.logged_data import ID_COLUMNS, check_feature_spec, load_logged, read_meta
 
-# Named router targets: (logged column, rule turning the column into "deferral needed" = 1).
-TARGETS = {
-    "gap01": ("label_gap01", lambda v: v > 0, "the drafter's argmax is wrong where the target's is right"),
-    "gap_nll": ("label_gap_nll", lambda v: v > 0, "the drafter's log-loss on the reference token exceeds the target's"),
-    "mismatch": ("label_mismatch", lambda v: v > 0, "argmax q != argmax p"),
-    "reject": ("label_accept_prob", lambda v: v < 0.5, "the drafted token's acceptance probability min(1, p/q) < 0.5"),
-    # consequence targets (cascade logs, see training/logs/consequence.py); the regressed value is the
-    # column, transformed so that higher = more harm from keeping the drafted token
-    "harm": ("label_rollout_chrf", lambda v: v > 0.5,
-             "1 - chrF of the roll-out after the drafted token against the one after the target's (regressed); "
-             "deferral needed where it exceeds 0.5"),
-    "ll_drop": ("label_ll_drop", lambda v: v > 0.5,
-                "drop of the target's mean log-likelihood of its own continuation (regressed); needed above 0.5 nats"),
-    "line_change": ("label_same_line", lambda v: v > 0.5, "the roll-out's first line changes"),
-    "ref_harm": ("label_ref_gain", lambda v: v > 0,
-                 "chrF against the document's real next lines lost by keeping the drafted token (regressed); "
-                 "needed where positive"),
-}
-# How a consequence column becomes the regressed "harm" value (identity for the others).
-_HARM_TRANSFORM = {"label_rollout_chrf": lambda v: 1.0 - v, "label_same_line": lambda v: 1.0 - v,
-                   "label_ref_gain": lambda v: -v}
-CONSEQUENCE_TARGETS = ("harm", "ll_drop", "line_change", "ref_harm")
 SPLITS = ("train", "val", "test")
 DEFAULT_TARGET = "gap01"  # the router's label unless data.target says otherwise (configs/router.yaml agrees)
 FEATURE_CHOICES = ("all", "no-hidden")
 
 
 def describe_target(target: str) -> str:
-    column, _, text = TARGETS[target]
-    return f"{target}: {text} (from {column})"
+    t = ROUTER_TARGETS[target]
+    return f"{target}: {t.description} (from {t.column})"
 
 
 def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise DeferralError(f"unknown router target '{target}': choose one of {', '.join(TARGETS)}")
+    if target not in ROUTER_TARGETS:
+        raise DeferralError(f"unknown router target '{target}': choose one of {', '.join(ROUTER_TARGETS)}")
 
 
 def check_fractions(val_fraction: float, test_fraction: float,
@@ -124,35 +103,32 @@ def read_arrays(path: str, limit_rows: int | None = None) -> LoggedArrays:
     dim = FeatureSpec.from_dict(meta["feature_spec"]).dim
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     features = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, dim)
-    names = ["doc_id", "position", "token_id", "drafted_id", "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll", "tv",
-             "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain"]
-    columns = {n: table.column(n).to_numpy() for n in names if n in table.column_names}
+    columns = {n: table.column(n).to_numpy() for n in [*ID_COLUMNS, *LABEL_COLUMNS] if n in table.column_names}
     return LoggedArrays(features=features, columns=columns, meta=meta)
 
 
 def target_values(arrays: LoggedArrays, target: str) -> np.ndarray:
     """(N,) float32 values of `target`'s column, oriented so that higher = deferral more needed."""
-    column = TARGETS[target][0]
-    values = arrays.columns.get(column)
-    if values is None or (target in CONSEQUENCE_TARGETS and np.isnan(values.astype(np.float32)).all()):
+    t = ROUTER_TARGETS[target]
+    values = arrays.columns.get(t.column)
+    if values is None or (t.consequence and np.isnan(values.astype(np.float32)).all()):
         raise DeferralError(
             f"router target '{target}' needs consequence labels, which this log lacks: log with `deferral log --mode cascade`"
         )
-    return _HARM_TRANSFORM.get(column, lambda v: v)(values.astype(np.float32))
+    return t.harm(values.astype(np.float32))
 
 
 def binary_target(arrays: LoggedArrays, target: str) -> np.ndarray:
     """(N,) float32 1 where deferral is needed under `target`."""
-    return TARGETS[target][1](target_values(arrays, target)).astype(np.float32)
+    return ROUTER_TARGETS[target].needed(target_values(arrays, target)).astype(np.float32)
 
 
 def regression_target(arrays: LoggedArrays, target: str) -> np.ndarray:
     """(N,) float32 value to regress: a loss gap or a consequence (harm) label."""
-    column = TARGETS[target][0]
-    if column not in ("label_gap01", "label_gap_nll") and target not in CONSEQUENCE_TARGETS:
+    if not ROUTER_TARGETS[target].regressable:
         raise DeferralError(
-            f"objective 'regress' needs a loss-gap or consequence target (gap01, gap_nll, "
-            f"{', '.join(CONSEQUENCE_TARGETS)}), not '{target}'"
+            f"objective 'regress' needs a loss-gap or consequence target "
+            f"({', '.join(n for n, t in ROUTER_TARGETS.items() if t.regressable)}), not '{target}'"
         )
     return target_values(arrays, target)
 
@@ -218,7 +194,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     Args:
         path: the logged dataset folder (`deferral log --out PATH`).
-        target: what "deferral needed" means: gap01, gap_nll, mismatch or reject (see TARGETS).
+        target: what "deferral needed" means: gap01, gap_nll, mismatch or reject (see deferral.labels.ROUTER_TARGETS).
         batch_size: training rows per step (large batches: the router is tiny).
         eval_batch_size: rows per validation/test step.
         val_fraction, test_fraction: shares of documents held out.
