@@ -24,9 +24,13 @@ from tqdm import tqdm
 
 from deferral.errors import DeferralError
 from deferral.outputs import check_output_folder
-from inference.generate import add_decode_arguments, add_pair_arguments, check_draft_room, decode_config, parse
+from deferral.cli_args import add_pair_arguments, parse
+from inference.generate import add_decode_arguments, check_draft_room, decode_config
 
 PARTIAL_FILE = "decode_calibration.partial.jsonl"
+# Where calibration decodes differently from generate: the router's tables are measured on 64-token
+# continuations, and calibration prompts run batched.
+CALIBRATION_DEFAULTS = {"max_new_tokens": 64, "batch_size": 16}
 
 
 def build_parser() -> ArgumentParser:
@@ -48,7 +52,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="a requested rate is met once a decode lands this close to it")
     add_decode_arguments(parser)
-    parser.set_defaults(max_new_tokens=64, batch_size=16)
+    parser.set_defaults(**CALIBRATION_DEFAULTS)
     return parser
 
 

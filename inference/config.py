@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from deferral.cli_args import flag
 from deferral.errors import DeferralError
 
 
 @dataclass
 class DecodeConfig:
-    draft_tokens: int = 5  # K: tokens drafted per target call
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    seed: int = 0
+    """How a prompt is decoded; every field but stop_at_eos is a flag of generate, evaluate, calibrate and serve."""
+
+    draft_tokens: int = flag(5, "K: tokens drafted per target call")
+    temperature: float = flag(0.0, "sampling temperature; 0 = greedy")
+    top_p: float = flag(1.0, "nucleus sampling mass (1 = off)")
+    max_new_tokens: int = flag(128, "stop after this many new tokens")
+    seed: int = flag(0, "random seed for drafting, acceptance and resampling")
     stop_at_eos: bool = True
-    # Adaptive drafting: stop a step's drafting early once the drafter's confidence (max q) at the
-    # next position falls below this floor in every row (None = always draft K tokens).
-    draft_confidence: float | None = None
-    # Draft-length schedule: "constant" drafts K per step; "heuristic" starts at K, drafts 2 more
-    # (up to K) after a step whose drafts were all kept and 1 fewer (down to 1) otherwise.
-    draft_schedule: str = "constant"
+    draft_confidence: float | None = flag(
+        None, "adaptive drafting: stop a step's drafts early once the drafter's top probability falls below this "
+              "in every row (K stays the maximum; default: always K)")
+    draft_schedule: str = flag(
+        "constant", "constant: K drafts per step; heuristic: 2 more (up to K) after a step that kept every draft, "
+                    "1 fewer (down to 1) otherwise")
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:

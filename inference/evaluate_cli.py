@@ -30,7 +30,8 @@ from deferral.outputs import (
     tracking_off,
 )
 from deferral.rules import HAND_SET_RULES
-from inference.generate import add_decode_arguments, add_pair_arguments, decode_config, parse
+from deferral.cli_args import add_pair_arguments, parse
+from inference.generate import add_decode_arguments, decode_config
 from inference.runner import encode_prompts
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
 from inference.timing import TIMINGS_FILE

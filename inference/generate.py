@@ -8,34 +8,18 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from deferral.cli_args import add_config_flags, add_pair_arguments, config_from_args, parse
 from deferral.errors import DeferralError
 from deferral.rules import RULE_NAMES, DeferralRule, make_rule, warn_alpha_outside_range
 from inference.config import DecodeConfig
 
-
-def add_pair_arguments(parser: ArgumentParser) -> None:
-    """--drafter/--target/--device/--dtype, shared by every command that loads a pair."""
-    parser.add_argument("--drafter", type=str | None, default=None,
-                        help="drafter: Hugging Face id, local folder or .gguf file (default: the embedded drafter)")
-    parser.add_argument("--target", type=str | None, default=None,
-                        help="target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", type=str, default="float32", help="float32, bfloat16 or float16")
+DECODE_FLAGS_SKIPPED = ("stop_at_eos",)  # DecodeConfig fields no command sets
 
 
 def add_decode_arguments(parser: ArgumentParser) -> None:
-    """The decoding knobs shared by generate and evaluate."""
-    parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
-    parser.add_argument("--draft-confidence", type=float | None, default=None,
-                        help="adaptive drafting: stop a step's drafts early once the drafter's top probability "
-                             "falls below this in every row (K stays the maximum; default: always K)")
-    parser.add_argument("--draft-schedule", type=str, default="constant",
-                        help="constant: K drafts per step; heuristic: 2 more (up to K) after a step that kept "
-                             "every draft, 1 fewer (down to 1) otherwise")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for drafting, acceptance and resampling")
+    """The decoding knobs shared by generate, evaluate, calibrate and serve: DecodeConfig's fields,
+    plus how many prompts run together and the chat template."""
+    add_config_flags(parser, DecodeConfig, skip=DECODE_FLAGS_SKIPPED)
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together in one loop")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
 
@@ -57,14 +41,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--prompts", type=str | None, default=None, help="JSONL file, one {\"prompt\": ...} per line")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     return parser
-
-
-def parse(parser: ArgumentParser, argv: list[str]):
-    """Parse argv; turn jsonargparse's usage errors into one DeferralError line."""
-    try:
-        return parser.parse_args(argv)
-    except Exception as exc:  # jsonargparse raises ArgumentError / ValueError subclasses
-        raise DeferralError(f"{str(exc).splitlines()[0]} (see {parser.prog} --help)") from None
 
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
@@ -97,15 +73,7 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
 
 
 def decode_config(args) -> DecodeConfig:
-    return DecodeConfig(
-        draft_tokens=args.draft_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        draft_confidence=getattr(args, "draft_confidence", None),
-        draft_schedule=getattr(args, "draft_schedule", "constant"),
-    )
+    return config_from_args(DecodeConfig, args, skip=DECODE_FLAGS_SKIPPED)
 
 
 def build_rule(args, pair) -> DeferralRule:

@@ -14,7 +14,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.rules import make_rule, warn_alpha_outside_range
-from inference.generate import add_decode_arguments, add_pair_arguments, parse
+from deferral.cli_args import add_pair_arguments, parse
+from inference.generate import add_decode_arguments
 from inference.serving.requests import SERVED_RULES, CascadeChoice, RequestError, Sampling
 
 

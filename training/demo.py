@@ -30,7 +30,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.assets import asset_path
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store
-from inference.generate import add_pair_arguments, parse
+from deferral.cli_args import add_pair_arguments, parse
 
 STEPS = 7
 

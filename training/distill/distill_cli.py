@@ -23,7 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP
-from inference.generate import parse
+from deferral.cli_args import parse
 
 
 def build_parser() -> ArgumentParser:

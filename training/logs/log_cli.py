@@ -6,14 +6,16 @@ Format: training/logs/logged_data.py; guide: docs/logging.md.
 """
 
 from __future__ import annotations
+
 import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from deferral.cli_args import add_config_flags, add_pair_arguments, parse
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store, tracking_off
-from inference.generate import add_pair_arguments, parse
 from training.logs.log_job import lock_out, make_job, require_documents, track
-from training.logs.log_pipeline import HIDDEN_CHOICES, feature_spec
+from training.logs.log_pipeline import LOG_FLAGS_SKIPPED, LogConfig, feature_spec
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral log", description=__doc__, exit_on_error=False)
@@ -27,12 +29,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--txt-docs", type=str, default="paragraph",
                         help="how a .txt file splits into documents: paragraph (blank lines), line or file")
     parser.add_argument("--out", type=str, required=True, help="output folder (rerun with the same flags to resume)")
-    parser.add_argument("--mode", type=str, default="reference",
-                        help="reference: score the corpus text; on-policy: score continuations generated from its "
-                             "prompts; cascade: log the decode loop's own drafted blocks with look-ahead features and "
-                             "consequence labels from target roll-outs (see docs/logging.md)")
-    parser.add_argument("--max-len", type=int, default=512, help="tokens per window scored in one pass")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    add_config_flags(parser, LogConfig, skip=LOG_FLAGS_SKIPPED)
     parser.add_argument("--docs-per-shard", type=int, default=16,
                         help="documents per shard: the unit of resumption, and of the first total and ETA")
     parser.add_argument("--max-docs", type=int | None, default=None, help="stop after this many documents")
@@ -40,21 +37,9 @@ def build_parser() -> ArgumentParser:
                         help="keep the first N characters of each document (spreads a position budget over more documents)")
     parser.add_argument("--max-positions", type=int | None, default=None,
                         help="stop after this many positions (split evenly across processes)")
-    parser.add_argument("--hidden", type=str, default="none",
-                        help=f"append last hidden states to the features: {', '.join(HIDDEN_CHOICES)}")
-    parser.add_argument("--prompt-tokens", type=int, default=64, help="on-policy/cascade: prompt length (tokens) taken from each document")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy/cascade: tokens generated per prompt")
     parser.add_argument("--generator", type=str | None, default=None,
                         help="on-policy/cascade: who writes continuations: target, or a cascade rule (speculative, "
                              "chow, opt, ...); default: target on-policy, speculative in cascade mode")
-    parser.add_argument("--alpha", type=float | None, default=None, help="on-policy: the knob of a cascade generator")
-    parser.add_argument("--temperature", type=float, default=0.0, help="on-policy: sampling temperature (0 = greedy)")
-    parser.add_argument("--draft-tokens", type=int, default=5, help="on-policy: tokens drafted per step by a cascade")
-    parser.add_argument("--seed", type=int, default=0, help="on-policy/cascade: random seed (sampling, prompt cuts)")
-    parser.add_argument("--horizon", type=int, default=16,
-                        help="cascade: target tokens rolled out after each choice for the consequence labels")
-    parser.add_argument("--rollout-batch-size", type=int, default=64,
-                        help="cascade: sequences per roll-out batch (speed only)")
     parser.add_argument("--compile", type=str, default="auto",
                         help="torch.compile the feature and label step (a one-off compile cost, then about twice as "
                              "fast): on, off, or auto = on for vocabularies of 4096 tokens or more")

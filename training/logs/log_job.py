@@ -15,23 +15,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+from deferral.cli_args import config_from_args
 from deferral.errors import DeferralError
 from deferral.outputs import quiet_mlflow, read_json_record
 from training.logs import logged_data as fmt
 from training.logs.corpora import Corpus, open_corpus
-from training.logs.log_pipeline import LogConfig, feature_spec, log_chunk, should_compile
+from training.logs.log_pipeline import LOG_FLAGS_SKIPPED, LogConfig, feature_spec, log_chunk, should_compile
 
 LOCK_FILE = ".lock"  # OUT/.lock: flock-ed by the process writing OUT for its whole run
 
 
 def log_config(args) -> LogConfig:
-    cfg = LogConfig(
-        max_len=args.max_len, batch_size=args.batch_size, hidden=args.hidden, mode=args.mode,
-        prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens,
-        generator=args.generator or ("speculative" if args.mode == "cascade" else "target"),
-        alpha=args.alpha, temperature=args.temperature, draft_tokens=args.draft_tokens, seed=args.seed,
-        horizon=args.horizon, rollout_batch_size=args.rollout_batch_size,
-    )
+    cfg = config_from_args(LogConfig, args, skip=LOG_FLAGS_SKIPPED,
+                           generator=args.generator or ("speculative" if args.mode == "cascade" else "target"))
     cfg.validate()
     should_compile(args.compile, 0)  # an unknown choice fails before any model loads
     if args.docs_per_shard < 1:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deferral.cli_args import flag
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
 from deferral.labels import CONSEQUENCE_LABELS, labels_with_features
@@ -25,26 +26,31 @@ from training.logs.mixed_corpus import strip_chat_marker
 
 HIDDEN_CHOICES = ("none", "drafter", "target", "both")
 MODES = ("reference", "on-policy", "cascade")
+LOG_FLAGS_SKIPPED = ("generator", "compile")  # LogConfig fields whose flags take unresolved values
 FEATURE_ROWS = 64  # positions turned into features at once: keeps the (rows, vocab) float32 temporaries cache-sized (256 rows: ratio 0.82 to bare forwards; 64 rows: 0.89-0.90)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    max_len: int = 512  # tokens per window (capped by the models' context)
-    batch_size: int = 8  # windows per forward pass
-    hidden: str = "none"  # which hidden states to append to the features
-    mode: str = "reference"
-    # on-policy mode: prompt = the first prompt_tokens tokens of a document, continuation generated
-    prompt_tokens: int = 64
-    max_new_tokens: int = 64
+    """What decides the rows of a log; the fields but generator and compile are flags of `deferral log`
+    (those two take CLI values that are resolved first: a mode-dependent default, "auto")."""
+
+    max_len: int = flag(512, "tokens per window scored in one pass (capped by the models' context)")
+    batch_size: int = flag(8, "windows per forward pass")
+    hidden: str = flag("none", f"append last hidden states to the features: {', '.join(HIDDEN_CHOICES)}")
+    mode: str = flag("reference", "reference: score the corpus text; on-policy: score continuations generated "
+                                  "from its prompts; cascade: log the decode loop's own drafted blocks with "
+                                  "look-ahead features and consequence labels from target roll-outs "
+                                  "(see docs/logging.md)")
+    prompt_tokens: int = flag(64, "on-policy/cascade: prompt length (tokens) taken from each document")
+    max_new_tokens: int = flag(64, "on-policy/cascade: tokens generated per prompt")
     generator: str = "target"  # a rule name: 'target' or a cascade rule run by inference.runner
-    alpha: float | None = None
-    temperature: float = 0.0
-    draft_tokens: int = 5
-    seed: int = 0
-    # cascade mode: consequence labels from target roll-outs of this many tokens, batched this wide
-    horizon: int = 16
-    rollout_batch_size: int = 64
+    alpha: float | None = flag(None, "on-policy: the knob of a cascade generator")
+    temperature: float = flag(0.0, "on-policy: sampling temperature (0 = greedy)")
+    draft_tokens: int = flag(5, "on-policy: tokens drafted per step by a cascade")
+    seed: int = flag(0, "on-policy/cascade: random seed (sampling, prompt cuts)")
+    horizon: int = flag(16, "cascade: target tokens rolled out after each choice for the consequence labels")
+    rollout_batch_size: int = flag(64, "cascade: sequences per roll-out batch (speed only)")
     compile: bool = False  # torch.compile the feature + label step (fused kernels; a one-off compile cost)
     # (resolve "auto" with should_compile before building a LogConfig)
 

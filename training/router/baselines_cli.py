@@ -136,7 +136,7 @@ def compare(args) -> tuple[str, dict]:
 
 def main(argv: list[str]) -> int:
     from deferral.outputs import check_output_file
-    from inference.generate import parse
+    from deferral.cli_args import parse
 
     args = parse(build_parser(), argv)
     if args.out:  # before the comparison, not after it

@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
     import tempfile
 
     from deferral.outputs import check_output_folder
-    from inference.generate import parse
+    from deferral.cli_args import parse
 
     args = parse(build_parser(), argv)
     if (args.checkpoint is None) == (args.mlflow_run is None):
