@@ -10,13 +10,10 @@ same setup skips finished rows and repeats, another setup is refused). The same 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from tqdm import tqdm
 
 from deferral.errors import DeferralError
 from deferral.outputs import (
@@ -24,20 +21,15 @@ from deferral.outputs import (
     TRACKING_HELP,
     check_output_folder,
     check_tracking_store,
-    read_json_record,
-    quiet_mlflow,
-    read_jsonl,
     tracking_off,
 )
-from deferral.rules import HAND_SET_RULES
 from deferral.cli_args import add_pair_arguments, parse
+from deferral.rules import HAND_SET_RULES
+from inference.evaluate_run import log_to_mlflow, router_identity, run_name, sweep, time_sweep, timing_setup
 from inference.generate import add_decode_arguments, decode_config
+from inference.results_store import ROUTER_KEY, ResultsStore
 from inference.runner import encode_prompts
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
-from inference.timing import TIMINGS_FILE
-
-ROUTER_KEY = "router"  # the setup's record of the learned rule's router (its files' sha256)
-LOGGED_REFERENCE_KEYS = ("quality", "relative_latency", "relative_latency_low", "relative_latency_high")
 
 
 def build_parser() -> ArgumentParser:
@@ -87,112 +79,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def setup_differences(one: dict, other: dict) -> list[str]:
-    return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
-
-
-class ResultsStore:
-    """results.jsonl + generations.jsonl + run.json in one folder; appends and resumes."""
-
-    def __init__(self, out: Path, setup: dict):
-        self.out = out
-        out.mkdir(parents=True, exist_ok=True)
-        self.results, self.generations, self.meta_path = out / "results.jsonl", out / "generations.jsonl", out / "run.json"
-        fix = f"choose a new --out, or delete {out} to start it over"
-        self.meta = read_json_record(self.meta_path, fix) if self.meta_path.is_file() else {}
-        self.rows = read_jsonl(self.results, repair=True)  # a row cut by an interruption is redone
-        if self.meta:
-            setup = self._check_setup(self.meta.get("setup") or {}, setup)
-        self.meta["setup"] = setup
-        self._save_meta()
-        self.done = {row["key"] for row in self.rows}
-        self._drop_unfinished()
-
-    def _check_setup(self, stored: dict, setup: dict) -> dict:
-        """The setup to record, or DeferralError when the folder holds rows of another setup.
-
-        The router's identity decides only the learned rule's rows: a run that sweeps no learned rule
-        keeps the recorded router, and a folder without learned rows takes the router of this run.
-        """
-        stored, setup = dict(stored), dict(setup)
-        if ROUTER_KEY not in setup and ROUTER_KEY in stored:
-            setup[ROUTER_KEY] = stored[ROUTER_KEY]
-        if ROUTER_KEY in setup and ROUTER_KEY not in stored and not any(r["rule"] == "learned" for r in self.rows):
-            stored[ROUTER_KEY] = setup[ROUTER_KEY]
-        if stored != setup:
-            changed = setup_differences(stored, setup)
-            raise DeferralError(
-                f"{self.out} holds results of another setup (different {', '.join(changed) or 'settings'}): "
-                "pass another --out or delete that folder"
-            )
-        return setup
-
-    def _drop_unfinished(self) -> None:
-        """After an interruption: keep only the generations of complete rows."""
-        generations = read_jsonl(self.generations)
-        kept = [g for g in generations if g["key"] in self.done]
-        if len(kept) != len(generations):
-            self.generations.write_text("".join(json.dumps(g) + "\n" for g in kept))
-
-    def _save_meta(self) -> None:
-        self.meta_path.write_text(json.dumps(self.meta, indent=1, default=str))
-
-    def replies(self, key: str) -> list[str] | None:
-        texts = {}
-        for row in read_jsonl(self.generations):
-            if row["key"] == key:
-                texts[row["index"]] = row["text"]
-        return [texts[i] for i in sorted(texts)] if texts else None
-
-    def append(self, row: dict, replies: list[str], tokens: list[list[int]]) -> None:
-        # Generations first: a row in results.jsonl means its texts are on disk.
-        with open(self.generations, "a") as f:
-            for i, (text, ids) in enumerate(zip(replies, tokens)):
-                f.write(json.dumps({"key": row["key"], "index": i, "text": text, "tokens": ids}) + "\n")
-        with open(self.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.rows.append(row)
-        self.done.add(row["key"])
-
-    def adopt(self, folder: Path, keys: list[str]) -> None:
-        """Copy the rows of `keys` this folder lacks, with their texts, from another output folder whose
-        setup is this one's, the router aside (rows the other folder lacks are decoded here)."""
-        meta = folder / "run.json"
-        if not meta.is_file():
-            raise DeferralError(f"--references-from {folder} holds no evaluation (no run.json): pass an --out of "
-                                "`deferral evaluate`")
-        without_router = lambda setup: {k: v for k, v in setup.items() if k != ROUTER_KEY}  # noqa: E731
-        other = without_router(read_json_record(meta, f"pass another --references-from than {folder}").get("setup") or {})
-        changed = setup_differences(other, without_router(self.meta["setup"]))
-        if changed:
-            raise DeferralError(f"--references-from {folder} holds results of another setup (different "
-                                f"{', '.join(changed)}): pass a folder evaluated with the same settings")
-        rows = {row["key"]: row for row in read_jsonl(folder / "results.jsonl")}
-        wanted = [key for key in keys if key in rows and key not in self.done]
-        texts: dict[str, dict[int, dict]] = {key: {} for key in wanted}
-        for generation in read_jsonl(folder / "generations.jsonl"):
-            if generation["key"] in texts:
-                texts[generation["key"]][generation["index"]] = generation
-        for key in wanted:
-            ordered = [texts[key][i] for i in sorted(texts[key])]
-            self.append(rows[key], [g["text"] for g in ordered], [g["tokens"] for g in ordered])
-        if wanted:
-            print(f"{', '.join(wanted)}: taken from {folder}", file=sys.stderr)
-
-    def update(self, rows: list[dict]) -> None:
-        """Replace the rows of the same keys (the timing stage's latencies) and rewrite results.jsonl
-        in one step (a new file renamed over the old one)."""
-        new = {row["key"]: row for row in rows}
-        self.rows = [new.get(row["key"], row) for row in self.rows]
-        temporary = self.results.with_name(self.results.name + ".tmp")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
-        os.replace(temporary, self.results)
-
-    def set_meta(self, **values) -> None:
-        self.meta.update(values)
-        self._save_meta()
-
-
 def make_task_from_args(args, pair):
     from inference.tasks import make_task
 
@@ -239,142 +125,6 @@ def block_rules(args) -> frozenset[str]:
     spec = read_router_meta(args.router).get("feature_spec") or {}
     uses_block = "version" in spec and FeatureSpec.from_dict(spec).block_features
     return frozenset({"learned"}) if uses_block else frozenset()
-
-
-def router_identity(folder: str) -> dict:
-    """sha256 of the router export's two files: rows of the learned rule belong to this router only."""
-    import hashlib
-
-    from deferral.router import META_FILE, WEIGHTS_FILE
-
-    read = lambda name: hashlib.sha256((Path(folder) / name).read_bytes()).hexdigest()  # noqa: E731
-    return {"weights_sha256": read(WEIGHTS_FILE), "meta_sha256": read(META_FILE)}
-
-
-def rule_factory(args, pair):
-    from inference.evaluate import hand_set_rule
-
-    def build(point):
-        if point.rule != "learned":
-            return hand_set_rule(point)
-        from inference.learned import load_learned_rule
-
-        return load_learned_rule(args.router, pair, **{point.knob_name: point.knob})
-
-    return build
-
-
-def short_name(source: str) -> str:
-    return Path(source).name.removesuffix(".gguf") or source
-
-
-def run_name(args, pair, task) -> str:
-    rules = ",".join(args.rules)
-    return f"evaluate {task.name} | {short_name(pair.drafter.source)} -> {short_name(pair.target.source)} | {rules}"
-
-
-def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts) -> None:
-    """Decode every point not yet in the store over all prompts, appending each row as it completes."""
-    from inference.evaluate import decode_point, fidelity, summarize, warm_up
-
-    build_rule = rule_factory(args, pair)
-    scored: dict[tuple, float | None] = {}  # the target's NLL of each (prompt, reply) scored in this process
-    todo = [p for p in points if p.key not in store.done]
-    if len(todo) < len(points):
-        print(f"resuming: {len(points) - len(todo)} of {len(points)} rows already in {store.results}", file=sys.stderr)
-    if todo:
-        warm_up(pair, prompts, cfg)
-    # Counted in prompts, not rows: a total and an ETA after the first batch, not the first whole row.
-    bar = tqdm(total=len(todo) * len(prompts), desc="sweep", unit="prompt", file=sys.stderr)
-    for point in todo:
-        bar.set_postfix_str(point.key)
-        generations, wall_s = decode_point(pair, build_rule(point), point, prompts, cfg, args.batch_size,
-                                           on_batch=bar.update)
-        replies = [pair.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in generations]
-        metrics = task.score(examples, replies)
-        if not args.no_fidelity:
-            target_replies = replies if point.rule == "target" else store.replies(points[0].key)
-            metrics.update(fidelity(pair, prompts, generations, replies, target_replies, scored))
-        target_row = next((r for r in store.rows if r["rule"] == "target"), None)
-        target_wall = wall_s if point.rule == "target" else target_row["wall_s"]
-        row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key)
-        store.append(row, replies, [g.tokens for g in generations])
-        tqdm.write(
-            f"{point.key}: {task.quality_key}={row['quality']:.3f} wall={wall_s:.1f} s "
-            f"deferral={row['deferral_rate'] if row['deferral_rate'] is not None else float('nan'):.2f}",
-            file=sys.stderr,
-        )
-    bar.close()
-
-
-def timing_setup(args) -> str:
-    """One line of the setup: the threads and how latencies will be timed."""
-    import torch
-
-    threads = f"torch threads: {torch.get_num_threads()} " + \
-        ("(--threads)" if args.threads else "(the physical cores this process may run on; --threads N to change)")
-    if not args.timing_repeats:
-        return f"{threads}; relative latency: the sweep's single pass (--timing-repeats 0)"
-    return (f"{threads}; relative latency: {args.timing_repeats} repeats on the first {args.timing_prompts} prompts, "
-            "every point interleaved with the others")
-
-
-def time_sweep(args, pair, store: ResultsStore, points, cfg, prompts) -> None:
-    """The latencies of the swept rows: interleaved and repeated on the first --timing-prompts prompts
-    (inference.timing, resumable in timings.jsonl), or with --timing-repeats 0 the sweep's one pass."""
-    import torch
-
-    from inference.evaluate import single_run_fields, timed_fields
-    from inference.timing import TimingStore, time_points
-
-    rows = {r["key"]: r for r in store.rows}
-    target_key = points[0].key
-    if args.timing_repeats == 0:
-        fields = {p.key: single_run_fields(rows[p.key]["wall_s"], rows[target_key]["wall_s"]) for p in points}
-    else:
-        subset = prompts[: args.timing_prompts]
-        stage = {"points": [p.key for p in points], "prompts": len(subset), "batch_size": args.batch_size,
-                 "threads": torch.get_num_threads()}
-        build_rule = rule_factory(args, pair)
-        timings = TimingStore(store.out / TIMINGS_FILE, stage)
-        if timings.repeats:
-            print(f"resuming: {min(len(timings.repeats), args.timing_repeats)} of {args.timing_repeats} timing repeats "
-                  f"already in {timings.path}", file=sys.stderr)
-        repeats = time_points(pair, [(p, build_rule(p)) for p in points], subset, cfg, args.batch_size,
-                              args.timing_repeats, timings)
-        fields = {p.key: timed_fields(repeats, p.key, target_key, len(subset)) for p in points}
-    store.update([{**rows[key], **values} for key, values in fields.items()])
-
-
-def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: dict) -> str:
-    """Log setup, frontier metrics, the results table and the output files to one MLflow run."""
-    quiet_mlflow()
-    import mlflow
-
-    mlflow.set_tracking_uri(args.tracking_uri)
-    mlflow.set_experiment(args.experiment)
-    run_id = store.meta.get("mlflow_run_id")
-    try:
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
-    except Exception:  # the stored run is gone (another tracking store): start afresh
-        run = mlflow.start_run(run_name=name)
-    with run:
-        store.set_meta(mlflow_run_id=run.info.run_id)
-        setup = store.meta["setup"]
-        mlflow.log_params({k: json.dumps(v, default=str)[:500] for k, v in setup.items()})
-        mlflow.set_tags({"rules": ",".join(args.rules), "modes": ",".join(args.modes)})
-        for row in store.rows:
-            if row["mode"] == "baseline" or row["rule"] == "speculative":
-                prefix = row["rule"] + (f"/K{row['draft_tokens']}" if row["draft_tokens"] else "")
-                mlflow.log_metrics({f"{prefix}/{k}": row[k] for k in LOGGED_REFERENCE_KEYS if row.get(k) is not None})
-        for (rule, mode), summary in summaries.items():
-            mlflow.log_metrics({f"{rule}/{mode}/{k}": float(v) for k, v in summary.items() if v is not None})
-        columns = [k for k in store.rows[0] if k != "metrics"]
-        mlflow.log_table({c: [r.get(c) for r in store.rows] for c in columns}, artifact_file="results_table.json")
-        timings = store.out / TIMINGS_FILE
-        for path in [store.results, store.meta_path, *paths.values(), *([timings] if timings.is_file() else [])]:
-            mlflow.log_artifact(str(path))
-    return run.info.run_id
 
 
 def main(argv: list[str]) -> int:

@@ -77,15 +77,17 @@ def test_distill_trains_exports_and_resumes(tiny_dir, corpus_dir, tmp_path, caps
 
     # A standard Hugging Face folder that the Auto classes open, with the target's tokenizer.
     model = AutoModelForCausalLM.from_pretrained(export)
-    # The reported held-out agreement is the final student's (float32, as in last.ckpt) with the target,
-    # and the export is that student in bfloat16.
+    # The export is the final student (float32 in last.ckpt) in bfloat16, and the reported held-out
+    # agreement is that of the exported weights, as a user loads them.
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     student = AutoModelForCausalLM.from_config(model.config).float()
     student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
     target = AutoModelForCausalLM.from_pretrained(tiny_dir / "target")
+    loaded = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
     for name in ("code", "prose"):
-        agree, tokens = argmax_agreement(student, target, run, name)
+        agree, tokens = argmax_agreement(loaded, target, run, name)
         assert final[f"agree_{name}"] == pytest.approx(agree) and final[f"tokens_{name}"] == tokens, name
+    assert json.loads((run / "summary.json").read_text())["agreement_weights"] == "bfloat16"
     exported = model.state_dict()
     for key, value in student.state_dict().items():
         assert torch.equal(exported[key], value.to(torch.bfloat16)), key
@@ -201,3 +203,22 @@ def test_resumable_shuffle_continues_the_same_stream():
     assert sorted(full[:10]) == list(range(10)) and full[:10] != full[10:20]  # a new order per pass
     for start in (0, 7, 10, 23):
         assert list(islice(iter(ResumableShuffle(10, seed=5, start=start)), 35 - start)) == full[start:]
+
+
+def test_the_measured_drafter_is_the_exported_one():
+    """Agreement after training is measured on the weights rounded to bf16 as exported (in float32
+    arithmetic), not on the float32 student; the student itself is left as it was."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.distill.distill_export import as_exported
+
+    torch.manual_seed(0)
+    student = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    measured = as_exported(student)
+    for key, value in measured.state_dict().items():
+        assert value.dtype == torch.float32
+        assert torch.equal(value, before[key].to(torch.bfloat16).float()), key
+        assert torch.equal(student.state_dict()[key], before[key]), key
+    assert any(not torch.equal(measured.state_dict()[k], before[k]) for k in before)  # rounding changed something

@@ -34,7 +34,16 @@ def student_config(target_config, layers: int, hidden: int, intermediate: int, h
     )
 
 
-def export_drafter(student, tokenizer, folder: str | Path, dtype: str = "bfloat16", card: str = "",
+EXPORT_DTYPE = "bfloat16"  # drafters are saved in bf16: half the size; loading may upcast
+
+
+def as_exported(student, dtype: str = EXPORT_DTYPE):
+    """A float32 copy of `student` whose weights are rounded to `dtype` as export_drafter saves them,
+    so that what is measured after training is what a user loads."""
+    return copy.deepcopy(student).to(resolve_dtype(dtype)).to(torch.float32)
+
+
+def export_drafter(student, tokenizer, folder: str | Path, dtype: str = EXPORT_DTYPE, card: str = "",
                    summary: dict | None = None) -> Path:
     """save_pretrained in `dtype` (bf16 halves the size; loading may upcast), tokenizer, README.md card."""
     folder = Path(folder)
