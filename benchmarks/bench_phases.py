@@ -30,7 +30,7 @@ def main() -> None:
     from inference.config import DecodeConfig
     from inference.learned import load_learned_rule
     from inference.phases import PHASES, PhaseTimer
-    from inference.runner import encode_prompts, eos_token_ids, pad_token_id
+    from inference.runner import encode_prompts, token_space
     from inference.speculative import speculative_generate
 
     pair = load_pair(device=args.device)
@@ -42,8 +42,7 @@ def main() -> None:
         f"learned (threshold {args.threshold})": load_learned_rule(args.router, pair, threshold=args.threshold),
     }
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens)
-    common = dict(vocab_size=pair.vocab_size, eos_ids=eos_token_ids(pair), pad_id=pad_token_id(pair),
-                  max_context=pair.max_context)
+    space = token_space(pair)
     timers = {name: PhaseTimer(args.device) for name in rules}
     wall = {name: 0.0 for name in rules}
     tokens = {name: 0 for name in rules}
@@ -51,8 +50,8 @@ def main() -> None:
     for ids in prompts:  # round-robin over rules, prompt by prompt
         for name, rule in rules.items():
             start = time.perf_counter()
-            gen = speculative_generate(pair.drafter.model, pair.target.model, rule, [ids], cfg, phases=timers[name],
-                                       **common)[0]
+            gen = speculative_generate(pair.drafter.model, pair.target.model, rule, [ids], cfg, space,
+                                       phases=timers[name])[0]
             wall[name] += time.perf_counter() - start
             tokens[name] += gen.stats.new_tokens
             calls[name] += gen.stats.target_calls

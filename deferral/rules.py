@@ -94,6 +94,9 @@ class DeferralRule(ABC):
     uses_lookahead: bool = False
     #: which last hidden states the rule reads: a subset of ("drafter", "target").
     hidden_needed: tuple[str, ...] = ()
+    #: "target" or "drafter" where the rule is that model decoding alone (the runner then runs a plain
+    #: autoregressive loop of it); None for every cascade.
+    plain_model: str | None = None
 
     def __init__(self, alpha: float | None = None):
         self.alpha = float(alpha) if alpha is not None else float(self.default_alpha)
@@ -111,13 +114,17 @@ class TargetOnly(DeferralRule):
     """δ ≡ 1: π = p (lossless speculative decoding; as a plain loop, the target alone)."""
 
     name = "target"
+    plain_model = "target"
 
     def target(self, d):
         return mixture(d, torch.ones_like(d.drafted, dtype=torch.bool))
 
 
 class Speculative(TargetOnly):
+    """The target's π run as a cascade: lossless speculative decoding."""
+
     name = "speculative"
+    plain_model = None
 
 
 class DrafterOnly(DeferralRule):
@@ -125,6 +132,7 @@ class DrafterOnly(DeferralRule):
 
     name = "drafter"
     needs_target = False
+    plain_model = "drafter"
 
     def target(self, d):
         return mixture(d, torch.zeros_like(d.drafted, dtype=torch.bool))

@@ -6,7 +6,7 @@ import torch
 
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
-from inference.config import DecodeConfig, Generation
+from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.speculative import draw_from_logits
 
 
@@ -15,17 +15,14 @@ def autoregressive_generate(
     model,
     prompts: list[list[int]],
     cfg: DecodeConfig,
-    vocab_size: int,
-    eos_ids: set[int],
-    pad_id: int,
-    max_context: int,
+    tokens: TokenSpace,
     counter: str = "target_calls",
 ) -> list[Generation]:
     """Decode with `model` alone; `counter` names the statistic its forward calls count toward."""
-    state = BatchState(prompts, cfg, eos_ids, max_context)
-    lm = CachedLM(model, vocab_size)
+    state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
+    lm = CachedLM(model, tokens.vocab_size)
     generator = torch.Generator(device=lm.device).manual_seed(cfg.seed)
-    ids, valid = left_pad(prompts, pad_id, lm.device)
+    ids, valid = left_pad(prompts, tokens.pad_id, lm.device)
     prefill(lm, ids, valid)
     for row in range(len(prompts)):
         state.count(row, **{counter: ids.shape[1] > 1})

@@ -40,6 +40,16 @@ class DecodeConfig:
             raise DeferralError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 
 
+@dataclass(frozen=True)
+class TokenSpace:
+    """What every decode loop needs to know about the pair's tokens (inference.runner.token_space)."""
+
+    vocab_size: int  # V: the shared vocabulary; both models' logits are cut to it
+    eos_ids: frozenset[int]  # a row stops after committing any of these
+    pad_id: int  # fills the left padding of a batch
+    max_context: int  # positions the models attend to; a row stops before running out
+
+
 @dataclass
 class RequestStats:
     """Counters for one prompt. `drafted`/`accepted` count draft tokens; `deferred` counts drafted

@@ -7,9 +7,9 @@ from typing import Callable
 
 from deferral.errors import DeferralError
 from deferral.pair import Pair
-from deferral.rules import DeferralRule, DrafterOnly, TargetOnly
+from deferral.rules import DeferralRule
 from inference.autoregressive import autoregressive_generate
-from inference.config import DecodeConfig, Generation
+from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.sequential import sequential_generate
 from inference.speculative import speculative_generate
 
@@ -34,6 +34,12 @@ def pad_token_id(pair: Pair) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def token_space(pair: Pair, eos_ids: set[int] | None = None) -> TokenSpace:
+    """The pair's TokenSpace; `eos_ids` replaces the tokenizer's end-of-sequence ids (None: keep them)."""
+    return TokenSpace(vocab_size=pair.vocab_size, eos_ids=frozenset(eos_token_ids(pair) if eos_ids is None else eos_ids),
+                      pad_id=pad_token_id(pair), max_context=pair.max_context)
 
 
 def encode_messages(pair: Pair, messages: list[dict]) -> list[int]:
@@ -79,21 +85,18 @@ def run(
     `on_batch(n)` hears of each batch of n prompts as it finishes (progress bars)."""
     if batch_size < 1:
         raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
-    common = dict(
-        vocab_size=pair.vocab_size, eos_ids=eos_token_ids(pair), pad_id=pad_token_id(pair), max_context=pair.max_context
-    )
+    tokens = token_space(pair)
     results: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         chunk_cfg = replace(cfg, seed=cfg.seed + start)
-        if type(rule) is TargetOnly:
-            results += autoregressive_generate(pair.target.model, chunk, chunk_cfg, **common)
-        elif type(rule) is DrafterOnly:
-            results += autoregressive_generate(pair.drafter.model, chunk, chunk_cfg, counter="drafter_calls", **common)
+        if rule.plain_model:  # one model decoding alone: no drafts, no verification
+            model = getattr(pair, rule.plain_model).model
+            results += autoregressive_generate(model, chunk, chunk_cfg, tokens, counter=f"{rule.plain_model}_calls")
         elif sequential:
-            results += sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
+            results += sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
         else:
-            results += speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, **common)
+            results += speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
         if on_batch is not None:
             on_batch(len(chunk))
     return results

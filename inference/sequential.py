@@ -16,7 +16,7 @@ from deferral.rules import DeferralRule
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
-from inference.config import DecodeConfig, Generation
+from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.speculative import draw, rule_inputs
 
 
@@ -27,10 +27,7 @@ def sequential_generate(
     rule: DeferralRule,
     prompts: list[list[int]],
     cfg: DecodeConfig,
-    vocab_size: int,
-    eos_ids: set[int],
-    pad_id: int,
-    max_context: int,
+    tokens: TokenSpace,
 ) -> list[Generation]:
     if rule.uses_lookahead or rule.hidden_needed:
         needs = "look-ahead over a drafted block" if rule.uses_lookahead else "hidden states"
@@ -41,16 +38,16 @@ def sequential_generate(
     for i, prompt in enumerate(prompts):
         row_cfg = DecodeConfig(**{**cfg.__dict__, "seed": cfg.seed + i})
         results.append(
-            _one_row(drafter, target, rule, prompt, row_cfg, vocab_size, eos_ids, pad_id, max_context)
+            _one_row(drafter, target, rule, prompt, row_cfg, tokens)
         )
     return results
 
 
-def _one_row(drafter, target, rule, prompt, cfg, vocab_size, eos_ids, pad_id, max_context) -> Generation:
-    state = BatchState([prompt], cfg, eos_ids, max_context)
-    d_lm, t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
+def _one_row(drafter, target, rule, prompt, cfg, tokens: TokenSpace) -> Generation:
+    state = BatchState([prompt], cfg, tokens.eos_ids, tokens.max_context)
+    d_lm, t_lm = CachedLM(drafter, tokens.vocab_size), CachedLM(target, tokens.vocab_size)
     generator = torch.Generator(device=d_lm.device).manual_seed(cfg.seed)
-    ids, valid = left_pad([prompt], pad_id, d_lm.device)
+    ids, valid = left_pad([prompt], tokens.pad_id, d_lm.device)
     prefill(d_lm, ids, valid)
     state.count(0, drafter_calls=ids.shape[1] > 1)
     # Committed tokens the target has not been fed yet; it catches up in one forward when called.

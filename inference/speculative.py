@@ -30,7 +30,7 @@ from deferral.rules import DeferralRule, StepDistributions, TargetOnly
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
-from inference.config import DecodeConfig, Generation
+from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.phases import NO_PHASES
 
 
@@ -106,21 +106,20 @@ class SpeculativeDecoder:
     """
 
     @torch.inference_mode()
-    def __init__(self, drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=None,
-                 phases=None):
+    def __init__(self, drafter, target, rule, prompts, cfg, tokens: TokenSpace, observer=None, phases=None):
         self.rule, self.cfg = rule, cfg
         self.phases = phases or NO_PHASES  # a PhaseTimer adds up each phase's wall time (inference/phases.py)
         self.prompts, self.observer = prompts, observer
         wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
         self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
-        self.state = BatchState(prompts, cfg, eos_ids, max_context)
-        self.d_lm, self.t_lm = CachedLM(drafter, vocab_size), CachedLM(target, vocab_size)
+        self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
+        self.d_lm, self.t_lm = CachedLM(drafter, tokens.vocab_size), CachedLM(target, tokens.vocab_size)
         self.device = self.d_lm.device
-        self.pad_id = pad_id
+        self.pad_id = tokens.pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.lossless = is_lossless(rule)
         self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
-        ids, valid = left_pad(prompts, pad_id, self.device)
+        ids, valid = left_pad(prompts, tokens.pad_id, self.device)
         prefill(self.d_lm, ids, valid)
         prefill(self.t_lm, ids, valid)
         for row in range(len(prompts)):
@@ -297,10 +296,7 @@ def speculative_generate(
     rule: DeferralRule,
     prompts: list[list[int]],
     cfg: DecodeConfig,
-    vocab_size: int,
-    eos_ids: set[int],
-    pad_id: int,
-    max_context: int,
+    tokens: TokenSpace,
     observer: Observer | None = None,
     phases=None,
 ) -> list[Generation]:
@@ -310,7 +306,7 @@ def speculative_generate(
     optional attribute `hidden_needed` names the hidden states ("drafter", "target") it wants.
     """
     decoder = SpeculativeDecoder(
-        drafter, target, rule, prompts, cfg, vocab_size, eos_ids, pad_id, max_context, observer=observer, phases=phases
+        drafter, target, rule, prompts, cfg, tokens, observer=observer, phases=phases
     )
     while decoder.active:
         decoder.step()

@@ -16,7 +16,7 @@ import torch
 from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, Learned, make_rule
 from inference.autoregressive import autoregressive_generate
-from inference.config import DecodeConfig
+from inference.config import DecodeConfig, TokenSpace
 from inference.runner import encode_prompts, run
 from inference.speculative import SpeculativeDecoder, speculative_generate
 from tests.tiny_models import make_noisy_copy
@@ -123,14 +123,16 @@ def test_eos_stops_every_loop_alike(pairs):
     pair = pairs["noisy"]
     prompts = encode_prompts(pair, TEXTS)
     cfg = DecodeConfig(max_new_tokens=24, draft_tokens=4)
-    common = dict(vocab_size=pair.vocab_size, pad_id=0, max_context=pair.max_context)
-    free = autoregressive_generate(pair.target.model, prompts, cfg, eos_ids=set(), **common)
+    def space(eos_ids):
+        return TokenSpace(vocab_size=pair.vocab_size, eos_ids=frozenset(eos_ids), pad_id=0, max_context=pair.max_context)
+
+    free = autoregressive_generate(pair.target.model, prompts, cfg, space(()))
     eos = free[0].tokens[7]
-    target = autoregressive_generate(pair.target.model, prompts, cfg, eos_ids={eos}, **common)
+    target = autoregressive_generate(pair.target.model, prompts, cfg, space({eos}))
     assert target[0].tokens == free[0].tokens[: free[0].tokens.index(eos) + 1]
     for rule in ("speculative", "token-v3", "opt"):
         r = make_rule(rule, HAND_SET_RULES[rule].alpha_speculative if rule in HAND_SET_RULES else None)
-        spec = speculative_generate(pair.drafter.model, pair.target.model, r, prompts, cfg, eos_ids={eos}, **common)
+        spec = speculative_generate(pair.drafter.model, pair.target.model, r, prompts, cfg, space({eos}))
         assert tokens(spec) == tokens(target), rule
 
 
@@ -164,7 +166,7 @@ def test_batched_sampling_has_no_nans_in_padded_rows(pairs):
     prompts = encode_prompts(pair, TEXTS)
     cfg = DecodeConfig(max_new_tokens=8, draft_tokens=3, temperature=1.0)
     dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, make_rule("speculative"), prompts, cfg,
-                             pair.vocab_size, set(), 0, pair.max_context)
+                             TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context))
     dec.step()
     for lm in (dec.d_lm, dec.t_lm):
         for layer in lm.cache.layers:
@@ -205,7 +207,7 @@ def test_caches_equal_a_fresh_forward_after_each_step(pairs, name, rule, tempera
     [prompt] = encode_prompts(pair, TEXTS[:1])
     cfg = DecodeConfig(max_new_tokens=40, draft_tokens=3, temperature=temperature, seed=3)
     dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, build_rule(rule), [prompt], cfg,
-                             pair.vocab_size, set(), 0, pair.max_context)
+                             TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context))
     for _ in range(5):
         dec.step()
         committed = prompt + dec.state.tokens[0]
@@ -234,20 +236,19 @@ def test_phase_timer_splits_a_step_without_changing_the_output(tiny_pair):
     from deferral.rules import make_rule
     from inference.config import DecodeConfig
     from inference.phases import PHASES, PhaseTimer
-    from inference.runner import eos_token_ids, pad_token_id
+    from inference.runner import token_space
     from inference.speculative import speculative_generate
 
-    common = dict(vocab_size=tiny_pair.vocab_size, eos_ids=eos_token_ids(tiny_pair), pad_id=pad_token_id(tiny_pair),
-                  max_context=tiny_pair.max_context)
+    tokens = token_space(tiny_pair)
     prompts = [[1, 2, 3, 4], [5, 6]]
     cfg = DecodeConfig(max_new_tokens=12)
     for rule in (make_rule("speculative"), make_rule("token-v3", 0.5)):
         timer = PhaseTimer()
         start = time.perf_counter()
         timed = speculative_generate(tiny_pair.drafter.model, tiny_pair.target.model, rule, prompts, cfg,
-                                     phases=timer, **common)
+                                     tokens, phases=timer)
         wall = time.perf_counter() - start
-        plain = speculative_generate(tiny_pair.drafter.model, tiny_pair.target.model, rule, prompts, cfg, **common)
+        plain = speculative_generate(tiny_pair.drafter.model, tiny_pair.target.model, rule, prompts, cfg, tokens)
         assert [g.tokens for g in timed] == [g.tokens for g in plain]
         assert set(timer.seconds) == set(PHASES) and all(v > 0 for v in timer.seconds.values())
         # the phases split the call's own time: disjoint, none counted twice, nothing from before it

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from deferral.rules import DeferralRule
-from inference.config import DecodeConfig
-from inference.runner import eos_token_ids, pad_token_id
+from inference.config import DecodeConfig, TokenSpace
+from inference.runner import token_space
 from inference.serving.requests import CascadeChoice, RequestError, Sampling
 from inference.serving.text import TextStream
 from inference.speculative import SpeculativeDecoder
@@ -54,15 +54,14 @@ def usage(prompt_tokens: int, tokens: list[int], stats) -> dict:
 class Cohort:
     """Jobs decoded together in one batch (row i = jobs[i])."""
 
-    def __init__(self, pair, rule: DeferralRule, jobs: list[Job], draft_tokens: int, eos: set[int], pad: int):
-        self.jobs, self.eos = jobs, eos
+    def __init__(self, pair, rule: DeferralRule, jobs: list[Job], draft_tokens: int, tokens: TokenSpace):
+        self.jobs, self.eos = jobs, tokens.eos_ids
         s = jobs[0].sampling
         seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
         cfg = DecodeConfig(draft_tokens=draft_tokens, temperature=s.temperature, top_p=s.top_p,
                            max_new_tokens=max(j.sampling.max_tokens for j in jobs), seed=seed)
         self.decoder = SpeculativeDecoder(
-            pair.drafter.model, pair.target.model, rule, [j.prompt_ids for j in jobs], cfg,
-            pair.vocab_size, eos, pad, pair.max_context,
+            pair.drafter.model, pair.target.model, rule, [j.prompt_ids for j in jobs], cfg, tokens,
         )
         for i, job in enumerate(jobs):
             self.decoder.state.cap(i, job.sampling.max_tokens)
@@ -122,7 +121,7 @@ class Engine:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.pair, self.rule_for = pair, rule_for
         self.draft_tokens, self.max_batch, self.max_queue = draft_tokens, max_batch, max_queue
-        self.eos, self.pad = eos_token_ids(pair), pad_token_id(pair)
+        self.tokens = token_space(pair)
         self._pending: deque[Job] = deque()
         self._cohorts: list[Cohort] = []
         self._in_flight = 0
@@ -165,8 +164,7 @@ class Engine:
             for start in range(0, len(group), self.max_batch):
                 chunk = group[start : start + self.max_batch]
                 try:
-                    cohort = Cohort(self.pair, self.rule_for(chunk[0].cascade), chunk, self.draft_tokens,
-                                    self.eos, self.pad)
+                    cohort = Cohort(self.pair, self.rule_for(chunk[0].cascade), chunk, self.draft_tokens, self.tokens)
                     cohort.publish()
                 except Exception as exc:  # noqa: BLE001 - one batch's failure must not stop the server
                     for job in chunk:

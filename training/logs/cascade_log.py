@@ -21,7 +21,7 @@ from deferral.features import FeatureSpec, block_lookahead, compute_features
 from deferral.labels import labels_with_features
 from deferral.pair import Pair
 from inference.config import DecodeConfig
-from inference.runner import encode_prompts, eos_token_ids, pad_token_id
+from inference.runner import encode_prompts, token_space
 from inference.speculative import Block, speculative_generate
 from training.logs.consequence import RolloutConfig, consequence_labels
 from training.logs.mixed_corpus import CHAT_MARKER
@@ -125,7 +125,7 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
         max_new_tokens=max(1, min(cfg.max_new_tokens, room)), seed=cfg.seed + prompts[0][0],
     )
     rule = make_rule(cfg.generator, cfg.alpha)
-    eos, pad = eos_token_ids(pair), pad_token_id(pair)
+    tokens = token_space(pair)
     collector = BlockCollector(spec, [doc_id for doc_id, _ in prompts])
     for s in range(0, len(prompts), cfg.batch_size):
         batch = prompts[s : s + cfg.batch_size]
@@ -134,8 +134,8 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
         collector.references = references[s : s + cfg.batch_size]
         before = sum(len(p["doc_id"]) for p in collector.parts)
         speculative_generate(
-            pair.drafter.model, pair.target.model, rule, [ids for _, ids in batch], decode, pair.vocab_size,
-            eos, pad, pair.max_context, observer=collector,
+            pair.drafter.model, pair.target.model, rule, [ids for _, ids in batch], decode, tokens,
+            observer=collector,
         )
         if progress is not None:
             progress(sum(len(p["doc_id"]) for p in collector.parts) - before)
@@ -144,7 +144,7 @@ def cascade_chunk(pair: Pair, documents: list[tuple[int, str]], cfg, spec: Featu
     rows = collector.rows()
     rollout = RolloutConfig(horizon=cfg.horizon, batch_size=cfg.rollout_batch_size)
     rows.update(consequence_labels(
-        pair, collector.contexts, rows["drafted_id"], rows["token_id"], rollout, eos, pad,
+        pair, collector.contexts, rows["drafted_id"], rows["token_id"], rollout, tokens,
         generated=collector.generated, references=collector.row_references,
     ))
     return rows

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from inference.autoregressive import autoregressive_generate
-from inference.config import DecodeConfig
+from inference.config import DecodeConfig, TokenSpace
 from inference.tasks.text_metrics import chrf, first_line
 
 
@@ -46,14 +46,13 @@ def _by_length(contexts: list[list[int]], batch_size: int):
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def greedy_rollouts(pair, contexts: list[list[int]], cfg: RolloutConfig, eos_ids: set[int], pad_id: int) -> list[list[int]]:
+def greedy_rollouts(pair, contexts: list[list[int]], cfg: RolloutConfig, tokens: TokenSpace) -> list[list[int]]:
     """The target's greedy continuation (up to cfg.horizon tokens, stopping at EOS) of each context."""
     decode = DecodeConfig(max_new_tokens=cfg.horizon, temperature=0.0, draft_tokens=1)
     out: list[list[int]] = [[] for _ in contexts]
     for batch in _by_length(contexts, cfg.batch_size):
         gens = autoregressive_generate(
-            pair.target.model, [contexts[i] for i in batch], decode, pair.vocab_size, eos_ids, pad_id,
-            pair.max_context,
+            pair.target.model, [contexts[i] for i in batch], decode, tokens,
         )
         for i, gen in zip(batch, gens):
             out[i] = [int(t) for t in gen.tokens]
@@ -102,8 +101,7 @@ def consequence_labels(
     drafted: np.ndarray,
     target_argmax: np.ndarray,
     cfg: RolloutConfig,
-    eos_ids: set[int],
-    pad_id: int,
+    tokens: TokenSpace,
     generated: list[list[int]] | None = None,
     references: list[str | None] | None = None,
 ) -> dict[str, np.ndarray]:
@@ -123,7 +121,7 @@ def consequence_labels(
     if todo.size:
         orig_ctx = [contexts[i] + [int(target_argmax[i])] for i in todo]
         swap_ctx = [contexts[i] + [int(drafted[i])] for i in todo]
-        rolled = greedy_rollouts(pair, orig_ctx + swap_ctx, cfg, eos_ids, pad_id)
+        rolled = greedy_rollouts(pair, orig_ctx + swap_ctx, cfg, tokens)
         c_orig, c_swap = rolled[: todo.size], rolled[todo.size :]
         lp = continuation_logprob(pair, orig_ctx + swap_ctx, c_orig + c_orig, cfg.batch_size)
         ll_drop[todo] = lp[: todo.size] - lp[todo.size :]
