@@ -14,7 +14,6 @@ under `mlflow.registered_model`@`mlflow.alias`.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -163,34 +162,11 @@ class RouterCLI(LightningCLI):
         )
 
     def after_fit(self) -> None:
-        trainer, logger = self.trainer, self.trainer.logger
-        best = trainer.checkpoint_callback.best_model_path or str(self.checkpoint_dir / "last.ckpt")
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
-        test_metrics = {k[len("test/") :]: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
+        from training.router.finish import finish_fit
 
-        from training.router.export import export_checkpoint
-
-        if self.export_dir.exists():
-            shutil.rmtree(self.export_dir)
-        folder = export_checkpoint(best, self.export_dir, test_metrics=test_metrics)
-        summary = f"best checkpoint {best}; test AUROC {test_metrics.get('auroc', float('nan')):.4f}; exported to {folder}"
-        if not self.tracked:
-            print(f"{summary} (no MLflow tracking)", file=sys.stderr)
-            return
-        tracking.log_folder(logger, folder, "router")
-        with tracking.scratch_dir() as tmp:
-            named = Path(tmp) / "best.ckpt"
-            shutil.copyfile(best, named)
-            tracking.log_file(logger, named, "checkpoints")
-        out = self.model.outputs.get("test")
-        if out is not None and len(out["y"]) and 0 < out["y"].mean() < 1:
-            tracking.log_figures(logger, tracking.curve_figures(out["score"], out["y"], self.datamodule.target))
-        s: MLflowSettings = self._get(self.config_init, "mlflow")
-        version = None
-        if s.registered_model:
-            version = tracking.register_export(logger, "router", s.registered_model, s.alias)
-        where = f"; registered {s.registered_model} v{version} @{s.alias}" if version else ""
-        print(f"{summary}; MLflow run {logger.run_id} at {s.tracking_uri}{where}", file=sys.stderr)
+        settings: MLflowSettings = self._get(self.config_init, "mlflow")
+        finish_fit(self.trainer, self.model, self.datamodule, self.checkpoint_dir, self.export_dir,
+                   settings if self.tracked else None)
 
 
 def _as_dict(namespace) -> dict:
