@@ -9,14 +9,18 @@ and the task's quality.
         [--rule token-v3 --alpha 0.6 | --results runs/evaluate/humaneval/results.jsonl] \
         [--router ROUTER_DIR --deferral-rate 0.3] [--json out.json]
 
-For each prompt every method runs back to back, so load drifts on a shared machine hit all methods
-alike; relative speed is target-only seconds over each method's seconds, summed over prompts.
+Every prompt is decoded by every method back to back, in an order rotated from prompt to prompt
+(inference/timing.py's schedule), and the whole pass is repeated --repeats times, so load drifts on a
+shared machine hit all methods alike. A method's relative speed is the median over repeats of
+(target-only seconds / its seconds, summed over the prompts of that repeat); the lowest and highest
+of those ratios are printed as its spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from inference.config import DecodeConfig
 from inference.metrics import matches
 from inference.runner import encode_prompts, eos_token_ids, run
 from inference.tasks import make_task
+from inference.timing import schedule
 
 LOSSLESS = ("speculative (ours)", "assisted (transformers)")  # greedy output must equal the target's
 
@@ -99,9 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--router", default=None, help="router export folder: include the learned rule")
     parser.add_argument("--deferral-rate", type=float, default=None, help="learned rule: target deferral rate")
     parser.add_argument("--threshold", type=float, default=None, help="learned rule: score threshold")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved passes over the prompts (the spread)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -122,27 +130,37 @@ def compare(args) -> int:
     for fn in methods.values():  # warm-up: first calls allocate and pick kernels
         fn(prompts[0][:32])
 
-    outputs = {name: [] for name in methods}
-    seconds = dict.fromkeys(methods, 0.0)
-    target_calls = dict.fromkeys(methods, 0)
-    for i, prompt in enumerate(prompts):
-        for name, fn in methods.items():
-            tokens, took, calls = fn(prompt)
-            outputs[name].append(tokens)
-            seconds[name] += took
-            target_calls[name] += calls or 0
-        print(f"prompt {i + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+    names = list(methods)
+    outputs: dict[str, list] = {name: [None] * len(prompts) for name in names}
+    target_calls = dict.fromkeys(names, 0)
+    repeats = []  # per repeat: method -> seconds summed over the prompts
+    for repeat in range(args.repeats):
+        seconds = dict.fromkeys(names, 0.0)
+        for i, order in schedule(names, len(prompts), repeat):
+            for name in order:
+                tokens, took, calls = methods[name](prompts[i])
+                if repeat == 0:
+                    outputs[name][i] = tokens
+                    target_calls[name] += calls or 0
+                elif tokens != outputs[name][i]:  # greedy decoding repeats itself
+                    print(f"warning: {name} decoded prompt {i} differently in repeat {repeat + 1}", file=sys.stderr)
+                seconds[name] += took
+        repeats.append(seconds)
+        print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     reference = outputs["target only"]
     rows = []
-    for name in methods:
+    for name in names:
+        ratios = [r["target only"] / r[name] for r in repeats]
         replies = [pair.tokenizer.decode(t, skip_special_tokens=True) for t in outputs[name]]
         tokens = sum(len(t) for t in outputs[name])
         same = sum(a == b for a, b in zip(outputs[name], reference))
         rows.append({
             "method": name,
-            "relative_speed": seconds["target only"] / seconds[name],
-            "seconds": seconds[name],
+            "relative_speed": statistics.median(ratios),
+            "relative_speed_low": min(ratios),
+            "relative_speed_high": max(ratios),
+            "seconds": [r[name] for r in repeats],
             "tokens": tokens,
             "greedy_equal_to_target": f"{same}/{len(prompts)}",
             "equality_promised": name in LOSSLESS,
@@ -150,13 +168,15 @@ def compare(args) -> int:
             "tokens_per_target_call": tokens / target_calls[name] if target_calls[name] else None,
         })
     print(f"\n{task.quality_key} on {len(prompts)} {task.name} prompts, K={args.draft_tokens}, "
-          f"max {args.max_new_tokens} new tokens, greedy\n")
+          f"max {args.max_new_tokens} new tokens, greedy; speed: median of {args.repeats} interleaved repeats "
+          "[lowest-highest]\n")
     print(f"| method | relative speed | {task.quality_key} | greedy output = target | tokens / target call |")
     print("|---|---|---|---|---|")
     for r in rows:
         equal = r["greedy_equal_to_target"] + (" (promised)" if r["equality_promised"] else "")
         per_call = f"{r['tokens_per_target_call']:.2f}" if r["tokens_per_target_call"] else "—"
-        print(f"| {r['method']} | {r['relative_speed']:.2f}x | {r['quality']:.3f} | {equal} | {per_call} |")
+        speed = f"{r['relative_speed']:.2f}x [{r['relative_speed_low']:.2f}-{r['relative_speed_high']:.2f}]"
+        print(f"| {r['method']} | {speed} | {r['quality']:.3f} | {equal} | {per_call} |")
     broken = [r["method"] for r in rows if r["equality_promised"] and r["greedy_equal_to_target"].split("/")[0]
               != str(len(prompts))]
     if broken:
