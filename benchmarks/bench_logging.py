@@ -78,7 +78,7 @@ def measure(pair, docs, cfg: LogConfig, repeats: int, folder: Path) -> tuple[flo
     machine falls on both alike. Logging = tokenizing and windowing the documents, score_windows on
     every batch (both forwards, features, labels), sorting the rows and writing the shard.
     """
-    pad = int(pair.tokenizer.pad_token_id or 0)
+    pad = pair.pad_id
     dim = feature_spec(pair, cfg.hidden).dim
     max_len = effective_max_len(pair, cfg.max_len)
     bare_runs, log_runs, batch_ratios = [], [], []

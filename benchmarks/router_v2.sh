@@ -22,7 +22,7 @@ case "$stage" in
     $deferral log --data mixed:train --max-docs "${MAX_DOCS:-1536}" --docs-per-shard 128 --batch-size 128 \
       --mode cascade --generator speculative --prompt-tokens 256 --max-new-tokens 64 --draft-tokens 5 \
       --hidden target --horizon 16 --rollout-batch-size 256 --device "$device" --out "$runs/log" \
-      --no-tracking --no-progress
+      --tracking-uri none --no-progress
     ;;
   train)
     for features in ${FEATURES:-all no-hidden}; do
@@ -45,7 +45,7 @@ case "$stage" in
       --rules "${RULES:-[token-v3, opt, kl, typical, fly, learned]}" --modes '[speculative]' \
       --alphas "${ALPHAS:-$default_alphas}" \
       --router "$router" "${sweep[@]}" \
-      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --no-mlflow ${EVAL_ARGS:-}
+      --max-new-tokens 64 --batch-size "${BATCH:-200}" --device "$device" --out "$runs/eval-$set${TAG:+-$TAG}" --tracking-uri none ${EVAL_ARGS:-}
     ;;
   *)
     echo "error: unknown stage '$stage': use log, train or eval" >&2

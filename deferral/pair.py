@@ -62,6 +62,16 @@ class Pair:
     def max_context(self) -> int:
         return min(self.drafter.max_context, self.target.max_context)
 
+    @property
+    def pad_id(self) -> int:
+        """The id that fills left padding: the tokenizer's pad token, else its EOS, else 0 (padded
+        positions are masked, so any id would do; one choice keeps every loop's batches alike)."""
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     def identity(self) -> dict:
         return {"drafter": self.drafter.identity, "target": self.target.identity, "vocab_size": self.vocab_size}
 

@@ -97,6 +97,9 @@ class DeferralRule(ABC):
     #: "target" or "drafter" where the rule is that model decoding alone (the runner then runs a plain
     #: autoregressive loop of it); None for every cascade.
     plain_model: str | None = None
+    #: True where π = p at every position whatever the input (the decode loop then skips q for the
+    #: bonus token and accepts a greedy draft by argmax match).
+    lossless: bool = False
 
     def __init__(self, alpha: float | None = None):
         self.alpha = float(alpha) if alpha is not None else float(self.default_alpha)
@@ -115,13 +118,14 @@ class TargetOnly(DeferralRule):
 
     name = "target"
     plain_model = "target"
+    lossless = True
 
     def target(self, d):
         return mixture(d, torch.ones_like(d.drafted, dtype=torch.bool))
 
 
 class Speculative(TargetOnly):
-    """The target's π run as a cascade: lossless speculative decoding."""
+    """The target's π (inherited) run as a cascade rather than alone: lossless speculative decoding."""
 
     name = "speculative"
     plain_model = None

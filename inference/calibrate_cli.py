@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     from deferral.pair import load_pair
     from deferral.router import META_FILE, read_router_meta
     from inference.decode_calibration import calibrate_by_decoding, calibration_error, nearest
-    from inference.learned import DECODE_CALIBRATION_KEY, check_router, load_learned_rule, router_decision
+    from inference.learned import DECODE_CALIBRATION_KEY, check_router, default_threshold, load_learned_rule, router_decision
     from inference.runner import encode_prompts, run
     from inference.tasks import check_task_name, make_task
 
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
     else:
         partial.write_text(json.dumps({"settings": settings}) + "\n")
     log_table = meta.get("calibration") if router_decision(meta) == "score" else None  # logged scores, plain decision
-    start = [threshold_for_rate(log_table, r) for r in args.rates] if log_table else [float(meta.get("default_threshold", 0.0))]
+    start = [threshold_for_rate(log_table, r) for r in args.rates] if log_table else [default_threshold(meta)]
 
     # Counted in prompts decoded (an ETA after the first batch); the total is an upper bound: the
     # rounds stop once every rate is met.

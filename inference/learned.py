@@ -40,6 +40,12 @@ def router_decision(meta: dict) -> str:
     return str(meta.get("decision", "score"))
 
 
+def default_threshold(meta: dict) -> float:
+    """The export's own threshold (set by `deferral export` from its calibration), else the neutral
+    one of its objective: probability 0.5 for a classifier, a gain of 0 for a regressor."""
+    return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
+
+
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
     """The score threshold: given directly, read off a calibration table for a deferral rate, or
     the export's default. A table measured while decoding (`deferral calibrate`) is preferred to
@@ -78,7 +84,7 @@ def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float 
                   f"({low:.2f}-{high:.2f}, `deferral calibrate`): the threshold comes from the logged positions, "
                   "whose rates decoding does not keep", file=sys.stderr)
         return threshold_for_rate(table, deferral_rate)
-    return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
+    return default_threshold(meta)
 
 
 def logged_candidates(meta: dict) -> int:

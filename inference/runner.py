@@ -28,18 +28,10 @@ def eos_token_ids(pair: Pair) -> set[int]:
     return ids
 
 
-def pad_token_id(pair: Pair) -> int:
-    tok = pair.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
 def token_space(pair: Pair, eos_ids: set[int] | None = None) -> TokenSpace:
     """The pair's TokenSpace; `eos_ids` replaces the tokenizer's end-of-sequence ids (None: keep them)."""
     return TokenSpace(vocab_size=pair.vocab_size, eos_ids=frozenset(eos_token_ids(pair) if eos_ids is None else eos_ids),
-                      pad_id=pad_token_id(pair), max_context=pair.max_context)
+                      pad_id=pair.pad_id, max_context=pair.max_context)
 
 
 def encode_messages(pair: Pair, messages: list[dict]) -> list[int]:

@@ -26,7 +26,7 @@ import torch
 
 from deferral.features import Lookahead, block_lookahead, no_lookahead
 from deferral.probs import sample, sampling_probs, softmax_fp32
-from deferral.rules import DeferralRule, StepDistributions, TargetOnly
+from deferral.rules import DeferralRule, StepDistributions
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.cached_lm import CachedLM
@@ -93,11 +93,6 @@ def draw_from_logits(logits: torch.Tensor, cfg: DecodeConfig, generator) -> torc
     return sample(sampling_probs(logits, cfg.temperature, cfg.top_p), generator)
 
 
-def is_lossless(rule: DeferralRule) -> bool:
-    """π = p at every position: the bonus token needs no q, and greedy acceptance is an argmax match."""
-    return isinstance(rule, TargetOnly)
-
-
 class SpeculativeDecoder:
     """State of one batch of rows decoded by a speculative cascade; `step()` advances every row once.
 
@@ -117,7 +112,7 @@ class SpeculativeDecoder:
         self.device = self.d_lm.device
         self.pad_id = tokens.pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.lossless = is_lossless(rule)
+        self.lossless = rule.lossless  # π = p: the bonus token needs no q; greedy acceptance is an argmax match
         self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
         ids, valid = left_pad(prompts, tokens.pad_id, self.device)
         prefill(self.d_lm, ids, valid)

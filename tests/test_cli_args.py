@@ -75,3 +75,15 @@ def test_every_command_prints_and_reads_its_config(command, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in printed.items() if v is not None}))
     parser.parse_args(["--config", str(path)])
+
+
+def test_the_shipped_configs_leave_mode_dependent_defaults_to_the_code():
+    """configs/log.yaml with --mode cascade logs speculative decoding's blocks, as the flag alone does
+    (a config that pinned the generator would refuse cascade mode)."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "log.yaml"
+    args = parser_of("log").parse_args(["--config", str(config), "--mode", "cascade"])
+    assert log_config(args).generator == "speculative"
+    args = parser_of("log").parse_args(["--config", str(config)])
+    assert log_config(args).generator == "target"

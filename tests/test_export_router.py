@@ -53,7 +53,7 @@ def test_exported_router_scores_like_the_trained_module(trained, tmp_path):
     x = torch.randn(64, loaded.config.num_features) * 3
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(x), module.net.score(x), rtol=0, atol=0)
-    data = FeatureDataModule(path=str(log_dir), target="gap_nll")  # the split configs/router.yaml trains on
+    data = FeatureDataModule(path=str(log_dir), target="gap_nll")  # the data the test router was trained on (tests/router_helpers.py)
     data.setup("fit")
     torch.testing.assert_close(loaded.mean, data.mean)
     torch.testing.assert_close(loaded.std, data.std)

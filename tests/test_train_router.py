@@ -37,7 +37,7 @@ def best_checkpoint_test_auroc(base, log_dir) -> float:
     from training.router.export import read_checkpoint, router_from_checkpoint
 
     router = router_from_checkpoint(read_checkpoint(base / "run" / "checkpoints" / "best.ckpt"))
-    data = FeatureDataModule(path=str(log_dir), target="gap_nll")  # the split configs/router.yaml trains on
+    data = FeatureDataModule(path=str(log_dir), target="gap_nll")  # the data the test router was trained on (tests/router_helpers.py)
     data.setup("test")
     features, labels = data.datasets["test"].tensors[:2]
     with torch.no_grad():

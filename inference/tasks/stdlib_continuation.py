@@ -1,7 +1,7 @@
 """Continuation of held-out standard-library code: reference metrics and fidelity to the target.
 
 Held-out files are the `stdlib:heldout` part that `deferral log` never trains on (a fixed tenth of
-the standard library, chosen by a hash of each file's relative path: `training.logs.corpora.is_heldout`),
+the standard library, chosen by a hash of each file's relative path: `deferral.stdlib_split.is_heldout`),
 without the codec tables. Each example cuts one file at a line: the prompt is up to `context_lines`
 lines before the cut, the reference the next `reference_lines` lines. The model continues the raw
 text (no chat template).

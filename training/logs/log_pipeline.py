@@ -299,10 +299,9 @@ def log_chunk(
         windows = [w for doc_id, ids in tokenized for w in make_windows(doc_id, ids, max_len)]
     if max_rows is not None:
         windows = _first_windows(windows, max_rows)
-    pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     parts = []
     for batch in _batches(windows, cfg.batch_size):
-        rows = score_windows(pair, batch, cfg.hidden, pad_id=int(pad_id), compiled=cfg.compile)
+        rows = score_windows(pair, batch, cfg.hidden, pad_id=pair.pad_id, compiled=cfg.compile)
         parts.append(rows)
         if progress is not None:
             progress(len(rows["doc_id"]))
