@@ -142,6 +142,46 @@ class DrafterOnly(DeferralRule):
         return mixture(d, torch.zeros_like(d.drafted, dtype=torch.bool))
 
 
+# The paper's formulas, written once over named statistics (the feature names of deferral/features.py:
+# q_top1 = max q, p_top1 = max p, q_tok / p_tok = q(v) / p(v) of a candidate v, tv = D_TV), so that the
+# rules below and the router's baselines (training/router/baselines.py, on logged feature columns)
+# compute the same numbers; they work on tensors and numpy arrays alike. A rule defers (or does not
+# keep v) where its statistic exceeds α.
+def chow_statistic(s):
+    return 1.0 - s["q_top1"]
+
+
+def diff_statistic(s):
+    return s["p_top1"] - s["q_top1"]
+
+
+def opt_margin(s, alpha: float):
+    """OPT defers where this is > 0 (its statistic depends on α: TV can be 0 where max p != max q)."""
+    return s["p_top1"] - s["q_top1"] - alpha * s["tv"]
+
+
+def token_v1_statistic(s):
+    return s["p_top1"] - s["q_tok"]
+
+
+def token_v2_statistic(s):
+    return s["p_top1"] - s["p_tok"]
+
+
+def token_v3_statistic(s):
+    return 1.0 - s["p_tok"] / s["p_top1"]
+
+
+def _position_stats(d: StepDistributions) -> dict:
+    """(N,) max q and max p of the confidence view."""
+    return {"q_top1": d.q_conf.max(-1).values, "p_top1": d.p_conf.max(-1).values}
+
+
+def _token_stats(d: StepDistributions) -> dict:
+    """(N, V) q(v), p(v) of every token and (N, 1) max p, for the token rules."""
+    return {"q_tok": d.q_conf, "p_tok": d.p_conf, "p_top1": d.p_conf.max(-1, keepdim=True).values}
+
+
 class Chow(DeferralRule):
     """Eq. 2: defer iff max q < 1 − α.  α = 0: speculative decoding; α = 1: drafter."""
 
@@ -150,7 +190,7 @@ class Chow(DeferralRule):
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 1.0
 
     def target(self, d):
-        return mixture(d, d.q_conf.max(-1).values < 1.0 - self.alpha)
+        return mixture(d, chow_statistic(_position_stats(d)) > self.alpha)
 
 
 class Diff(DeferralRule):
@@ -161,7 +201,7 @@ class Diff(DeferralRule):
     default_alpha = 0.0
 
     def target(self, d):
-        return mixture(d, d.q_conf.max(-1).values < d.p_conf.max(-1).values - self.alpha)
+        return mixture(d, diff_statistic(_position_stats(d)) > self.alpha)
 
 
 class Opt(DeferralRule):
@@ -175,8 +215,8 @@ class Opt(DeferralRule):
     default_alpha = 0.5
 
     def target(self, d):
-        tv = total_variation(d.q_sample, d.p_sample)
-        return mixture(d, d.q_conf.max(-1).values < d.p_conf.max(-1).values - self.alpha * tv)
+        s = {**_position_stats(d), "tv": total_variation(d.q_sample, d.p_sample)}
+        return mixture(d, opt_margin(s, self.alpha) > 0)
 
 
 class TokenV1(DeferralRule):
@@ -187,8 +227,7 @@ class TokenV1(DeferralRule):
     default_alpha = 0.0
 
     def target(self, d):
-        p_max = d.p_conf.max(-1, keepdim=True).values
-        return token_specific(d, d.q_conf >= p_max - self.alpha)
+        return token_specific(d, token_v1_statistic(_token_stats(d)) <= self.alpha)
 
 
 class TokenV2(DeferralRule):
@@ -199,8 +238,7 @@ class TokenV2(DeferralRule):
     default_alpha = 0.0
 
     def target(self, d):
-        p_max = d.p_conf.max(-1, keepdim=True).values
-        return token_specific(d, d.p_conf >= p_max - self.alpha)
+        return token_specific(d, token_v2_statistic(_token_stats(d)) <= self.alpha)
 
 
 class TokenV3(DeferralRule):
@@ -214,8 +252,7 @@ class TokenV3(DeferralRule):
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), -1.0, 1.0
 
     def target(self, d):
-        p_max = d.p_conf.max(-1, keepdim=True).values
-        return token_specific(d, d.p_conf >= (1.0 - self.alpha) * p_max)
+        return token_specific(d, token_v3_statistic(_token_stats(d)) <= self.alpha)
 
 
 class LossySpeculative(DeferralRule):

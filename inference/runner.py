@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Callable
 
 from deferral.errors import DeferralError
-from deferral.pair import Pair
+from deferral.pair import Pair, chat_prompt_ids
 from deferral.rules import DeferralRule
 from inference.autoregressive import autoregressive_generate
 from inference.config import DecodeConfig, Generation, TokenSpace
@@ -39,10 +39,7 @@ def encode_messages(pair: Pair, messages: list[dict]) -> list[int]:
     tok = pair.tokenizer
     if not getattr(tok, "chat_template", None):
         raise DeferralError("the target's tokenizer has no chat template: send plain prompts instead")
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    if hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
+    return chat_prompt_ids(tok, messages)
 
 
 def encode_prompts(pair: Pair, texts: list[str], chat: bool = False) -> list[list[int]]:

@@ -89,3 +89,27 @@ def test_whole_log_scores_every_document_without_logistic_regression(tmp_path, c
     out = capsys.readouterr().out
     assert out.startswith(f"Every document of {log} (300 positions")
     assert "logistic regression" not in out and "| token-v3 |" in out and "| oracle |" in out
+
+
+def test_baseline_scores_decide_as_the_rules_do():
+    """A rule defers exactly where its baseline score exceeds α (OPT: where its margin is positive),
+    on the same positions: the baselines rank positions by the rules' own formulas."""
+    from deferral.rules import make_rule
+    from inference.config import DecodeConfig
+    from inference.speculative import rule_inputs
+
+    g = torch.Generator().manual_seed(1)
+    q_logits, p_logits = torch.randn(200, 30, generator=g) * 2, torch.randn(200, 30, generator=g) * 2
+    drafted = q_logits.argmax(-1)
+    d = rule_inputs(q_logits, p_logits, drafted, DecodeConfig(temperature=1.0))
+    feats = compute_features(q_logits, p_logits, drafted[:, None])[:, 0, :].numpy()
+    for alpha in (0.1, 0.3, 0.6):
+        scores = rule_scores(feats, list(FeatureSpec().names), alpha=alpha)
+        for name in ("chow", "diff", "token-v3"):
+            deferred = make_rule(name, alpha).target(d).deferred.numpy()
+            close = np.abs(scores[name] - alpha) < 1e-5  # float32 features vs the rule's own arithmetic
+            assert (deferred == (scores[name] > alpha))[~close].all(), (name, alpha)
+            assert 0 < deferred.mean() < 1, (name, alpha)
+        deferred = make_rule("opt", alpha).target(d).deferred.numpy()
+        close = np.abs(scores["opt"]) < 1e-5
+        assert (deferred == (scores["opt"] > 0))[~close].all(), alpha

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from deferral.pair import chat_prompt_ids
+from inference.batch import left_pad
+
 
 def chat_encode(tokenizer, messages: list[str], max_tokens: int) -> list[list[int]]:
     """Each message as a user turn of the tokenizer's chat template, ready for the assistant's reply."""
@@ -12,13 +15,9 @@ def chat_encode(tokenizer, messages: list[str], max_tokens: int) -> list[list[in
         return []
     out = []
     for text in messages:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if hasattr(ids, "input_ids") or isinstance(ids, dict):
-            ids = ids["input_ids"]
+        ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
         if len(ids) <= max_tokens:
-            out.append([int(i) for i in ids])
+            out.append(ids)
     return out
 
 
@@ -45,16 +44,12 @@ def continuations(
     eos = set(eos_ids)
     for start in tqdm(range(0, len(order), batch_size), desc="on-policy", unit="batch"):
         batch = [prompts[i] for i in order[start : start + batch_size]]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask = left_pad(batch, pad_id, device)  # (B, width)
+        width = ids.shape[1]
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
             "do_sample": False}
         generated = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
             pad_token_id=pad_id, eos_token_id=list(eos), **sampling,
         )[:, width:].tolist()  # (B, <= max_new_tokens)
         for p, new in zip(batch, generated):

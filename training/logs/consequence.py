@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from inference.autoregressive import autoregressive_generate
+from inference.batch import left_pad
 from inference.config import DecodeConfig, TokenSpace
 from inference.tasks.text_metrics import chrf, first_line
 
@@ -71,16 +72,11 @@ def continuation_logprob(pair, contexts: list[list[int]], continuations: list[li
     device = pair.device
     for batch in _by_length(contexts, batch_size):
         seqs = [contexts[i] + continuations[i] for i in batch]
-        width = max(len(s) for s in seqs)
         keep = max(len(continuations[i]) for i in batch) + 1
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s)
-            mask[r, width - len(s) :] = 1
+        ids, mask = left_pad(seqs, pair.pad_id, device)  # (b, width)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = pair.target.model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+            input_ids=ids, attention_mask=mask, position_ids=positions,
             use_cache=False, logits_to_keep=keep,
         ).logits  # (b, keep, V): the last `keep` positions
         logp = torch.log_softmax(logits[..., : pair.vocab_size].float(), -1)

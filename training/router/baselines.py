@@ -21,15 +21,17 @@ RULE_SCORES = ("chow", "diff", "opt", "opt-ratio", "token-v3")
 
 
 def rule_scores(features: np.ndarray, names: list[str], alpha: float = 0.5) -> dict[str, np.ndarray]:
-    """(N, F) features -> {rule: (N,) score}; higher means defer."""
+    """(N, F) features -> {rule: (N,) score}; higher means defer. The formulas are deferral.rules'
+    own, applied to the logged feature columns of the drafted token."""
+    from deferral.rules import chow_statistic, diff_statistic, opt_margin, token_v3_statistic
+
     col = {name: features[:, i].astype(np.float64) for i, name in enumerate(names)}
-    gain = col["p_top1"] - col["q_top1"]
     return {
-        "chow": 1.0 - col["q_top1"],
-        "diff": gain,
-        "opt": gain - alpha * col["tv"],
-        "opt-ratio": gain / np.maximum(col["tv"], 1e-6),
-        "token-v3": 1.0 - col["p_tok_over_p_max"],
+        "chow": chow_statistic(col),
+        "diff": diff_statistic(col),
+        "opt": opt_margin(col, alpha),
+        "opt-ratio": diff_statistic(col) / np.maximum(col["tv"], 1e-6),  # the α at which OPT starts deferring
+        "token-v3": token_v3_statistic(col),
     }
 
 
