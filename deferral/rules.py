@@ -288,6 +288,9 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 """Maps (M, F) features to (M,) deferral scores; higher means 'defer'."""
 
 
+DEFAULT_CANDIDATES = 1  # drafter top tokens the learned rule scores per position, unless its router says more
+
+
 class Learned(DeferralRule):
     """A learned token rule: keep candidate v iff score(features(q, p, v)) ≤ threshold + α·D_TV(p, q).
 
@@ -315,7 +318,7 @@ class Learned(DeferralRule):
         scorer: Scorer,
         threshold: float,
         alpha: float = 0.0,
-        candidates: int = 1,
+        candidates: int = DEFAULT_CANDIDATES,
         feature_spec: FeatureSpec | None = None,
         decision: str = "score",
     ):

@@ -9,7 +9,7 @@ import torch
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.router import Router, load_router, read_router_meta
-from deferral.rules import Learned
+from deferral.rules import DEFAULT_CANDIDATES, Learned
 
 DECODE_CALIBRATION_KEY = "decode_calibration"  # router.json: thresholds measured while decoding
 RATE_SLACK = 0.02  # a rate this close outside the measured ones still reads the decode table (ends held)
@@ -94,7 +94,7 @@ def logged_candidates(meta: dict) -> int:
     (the drafter's argmax at greedy logging) describes one candidate per position, so a router asking
     for more (whose extra candidates would get feature values never seen in training) is capped there.
     """
-    wanted = int(meta.get("candidates", 1))
+    wanted = int(meta.get("candidates", DEFAULT_CANDIDATES))
     return max(1, min(wanted, int(meta.get("logged_candidates", 1))))
 
 

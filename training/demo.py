@@ -31,6 +31,7 @@ from deferral.assets import asset_path
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store
 from deferral.cli_args import add_pair_arguments, parse
+from inference.config import DecodeConfig
 
 STEPS = 7
 
@@ -49,7 +50,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--task", type=str, default="stdlib", help="evaluation task (see deferral evaluate --help)")
     parser.add_argument("--limit", type=int, default=40, help="task examples evaluated")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per example")
-    parser.add_argument("--draft-tokens", type=int, default=5, help="K: tokens drafted per target call")
+    parser.add_argument("--draft-tokens", type=int, default=DecodeConfig().draft_tokens,
+                        help="K: tokens drafted per target call")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="examples decoded together (latencies are of batched decoding)")
     parser.add_argument("--timing-repeats", type=int, default=3,

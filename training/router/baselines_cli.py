@@ -19,6 +19,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
+from deferral.labels import ROUTER_TARGETS
 from deferral.router import load_router
 from training.router.baselines import (
     fit_logistic_regression,
@@ -28,8 +29,16 @@ from training.router.baselines import (
     rule_scores,
     score_table,
 )
-from deferral.labels import ROUTER_TARGETS
-from training.router.datamodule import binary_target, check_fractions, check_target, read_arrays, split_documents
+from training.router.datamodule import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    binary_target,
+    check_fractions,
+    check_target,
+    read_arrays,
+    split_documents,
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -44,9 +53,12 @@ def build_parser() -> ArgumentParser:
                         help="score every document (a log the router never trained on, e.g. stdlib:heldout); "
                              "logistic regression, which needs training documents, is skipped")
     parser.add_argument("--calibration", type=str, default="isotonic", help="isotonic or sigmoid (logistic regression)")
-    parser.add_argument("--split-seed", type=int, default=0, help="document split seed when no --router is given")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share when no --router is given")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="test share when no --router is given")
+    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                        help="document split seed when no --router is given")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="validation share when no --router is given")
+    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                        help="test share when no --router is given")
     parser.add_argument("--out", type=str | None, default=None, help="write the markdown table (and .json) here")
     return parser
 

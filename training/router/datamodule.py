@@ -23,6 +23,8 @@ from training.logs.blocks import examined_positions
 from training.logs.logged_data import ID_COLUMNS, check_feature_spec, load_logged, read_meta
 
 SPLITS = ("train", "val", "test")
+# The document split when nothing else is given (the datamodule's and `deferral baselines`' defaults).
+DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION, DEFAULT_SPLIT_SEED = 0.1, 0.1, 0
 DEFAULT_TARGET = "gap01"  # the router's label unless data.target says otherwise (configs/router.yaml agrees)
 FEATURE_CHOICES = ("all", "no-hidden")
 
@@ -210,9 +212,9 @@ class FeatureDataModule(L.LightningDataModule):
         target: str = DEFAULT_TARGET,
         batch_size: int = 8192,
         eval_batch_size: int = 65536,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 0,
+        val_fraction: float = DEFAULT_VAL_FRACTION,
+        test_fraction: float = DEFAULT_TEST_FRACTION,
+        split_seed: int = DEFAULT_SPLIT_SEED,
         limit_rows: int | None = None,
         features: str = "all",
     ):

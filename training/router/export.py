@@ -19,6 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI
 from deferral.router import Router, RouterConfig, save_router
+from deferral.rules import DEFAULT_CANDIDATES
 from deferral.calibration import threshold_for_rate
 from training.router.module import DEFAULT_DEFERRAL_RATE
 
@@ -82,7 +83,7 @@ def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = No
         "label": {"target": hp["target"], "definition": data.get("target_definition")},
         "objective": hp["objective"],
         "alpha": float(hp.get("alpha", 0.0)),
-        "candidates": int(hp.get("candidates", 1)),
+        "candidates": int(hp.get("candidates", DEFAULT_CANDIDATES)),
         "default_threshold": float(default_threshold),
         "default_deferral_rate": float(hp.get("default_deferral_rate", DEFAULT_DEFERRAL_RATE)),
         "calibration": calibration,

@@ -23,6 +23,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 
 from deferral.errors import DeferralError
 from deferral.router import OBJECTIVES, Router, RouterConfig
+from deferral.rules import DEFAULT_CANDIDATES
 from training.router.datamodule import DEFAULT_TARGET
 from deferral.calibration import build_table
 
@@ -60,7 +61,7 @@ class RouterModule(L.LightningModule):
         pos_weight: float | str | None = None,
         huber_delta: float = 1.0,
         alpha: float = 0.0,
-        candidates: int = 1,
+        candidates: int = DEFAULT_CANDIDATES,
         default_deferral_rate: float = DEFAULT_DEFERRAL_RATE,
     ):
         super().__init__()
