@@ -3,6 +3,7 @@ installed command finds the default drafter, the default router and the configs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,3 +53,10 @@ def test_a_wheel_install_finds_its_assets_outside_the_checkout(tmp_path):
     help_text = subprocess.run([str(venv / "bin" / "deferral"), "demo", "--help"], cwd=elsewhere, env=env,
                                check=True, capture_output=True, text=True).stdout
     assert str(config).replace(" ", "") in "".join(help_text.split())  # the demo's default router config
+    # and decodes with the installed default pair and router, from there, without the checkout
+    generated = subprocess.run(
+        [str(venv / "bin" / "deferral"), "generate", "--rule", "learned", "--router", str(router.parent),
+         "--threshold", "0.3", "--prompt", "def add(a, b):", "--max-new-tokens", "8", "--json"],
+        cwd=elsewhere, env=env, check=True, capture_output=True, text=True).stdout
+    row = json.loads(generated.splitlines()[-1])
+    assert row["new_tokens"] == 8 and row["target_calls"] >= 1
