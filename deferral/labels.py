@@ -49,7 +49,7 @@ _COLUMNS = (
                 "D_TV(q, p) of the unscaled distributions; oracle deferral for alpha is gap > alpha * tv (float32)"),
 )
 #: Every label column a log holds, in the log's column order: adding one is one entry here plus the
-#: code that computes it (compute_labels for token labels, training/logs/consequence.py for roll-outs).
+#: code that computes it (labels_with_features for token labels, training/logs/consequence.py for roll-outs).
 LABEL_COLUMNS: dict[str, LabelColumn] = {c.name: c for c in _COLUMNS}
 TOKEN_LABELS = tuple(name for name, c in LABEL_COLUMNS.items() if not c.consequence)
 CONSEQUENCE_LABELS = tuple(name for name, c in LABEL_COLUMNS.items() if c.consequence)
@@ -101,35 +101,6 @@ _TARGETS = (
 ROUTER_TARGETS: dict[str, RouterTarget] = {t.name: t for t in _TARGETS}
 
 
-def compute_labels(
-    q_logits: torch.Tensor, p_logits: torch.Tensor, reference: torch.Tensor, drafted: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Labels at N positions.
-
-    Args:
-        q_logits: (N, V) drafter logits over the shared vocabulary.
-        p_logits: (N, V) target logits at the same positions.
-        reference: (N,) the token y that follows in the logged text.
-        drafted: (N,) the drafter's drafted token x.
-
-    Returns:
-        {name: (N,) tensor} for every name of TOKEN_LABELS (int8 mismatch, float32 otherwise).
-    """
-    logq = torch.log_softmax(q_logits.float(), -1)  # (N, V)
-    logp = torch.log_softmax(p_logits.float(), -1)
-    q, p = logq.exp(), logp.exp()
-    q_arg, p_arg = q_logits.argmax(-1), p_logits.argmax(-1)
-    y, x = reference.long()[:, None], drafted.long()[:, None]
-    q_x, p_x = q.gather(-1, x)[:, 0], p.gather(-1, x)[:, 0]
-    return {
-        "label_mismatch": (q_arg != p_arg).to(torch.int8),
-        "label_accept_prob": (p_x / q_x.clamp_min(1e-30)).clamp_max(1.0),
-        "label_gap01": (q_arg != y[:, 0]).float() - (p_arg != y[:, 0]).float(),
-        "label_gap_nll": logp.gather(-1, y)[:, 0] - logq.gather(-1, y)[:, 0],
-        "tv": (q - p).clamp_min(0).sum(-1),
-    }
-
-
 def labels_with_features(
     features: torch.Tensor,
     names: tuple[str, ...],
@@ -138,12 +109,13 @@ def labels_with_features(
     reference: torch.Tensor,
     drafted: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """compute_labels for drafted = argmax q, reusing what compute_features already computed.
+    """The token labels (TOKEN_LABELS) at N positions whose drafted token is the drafter's argmax.
 
-    `features` (N, F) are compute_features(q_logits, p_logits, drafted[:, None])[:, 0] with layout
-    `names`: TV, the acceptance probability of the drafted token and argmax agreement are read from
-    them, so only the two loss gaps touch the (N, V) logits again (two logsumexp and one argmax
-    instead of two full softmaxes). Values equal compute_labels up to float rounding.
+    q_logits, p_logits: (N, V); reference: (N,) the token y that follows in the logged text; drafted:
+    (N,) = argmax q. `features` (N, F) are compute_features(q_logits, p_logits, drafted[:, None])[:, 0]
+    with layout `names`: TV, the acceptance probability of the drafted token and argmax agreement are
+    read from them, so only the two loss gaps touch the (N, V) logits again (two logsumexp and one
+    argmax instead of two full softmaxes). Returns {name: (N,)}: int8 mismatch, float32 otherwise.
     """
     col = {name: i for i, name in enumerate(names)}
     y = reference.long()[:, None]

@@ -72,7 +72,7 @@ def write_synthetic_log(out: Path, docs: int = 30, per_doc: int = 200, vocab: in
     import torch
 
     from deferral.features import FeatureSpec, compute_features
-    from deferral.labels import compute_labels
+    from tests.labels_helper import token_labels
     from training.logs import logged_data as fmt
 
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +81,7 @@ def write_synthetic_log(out: Path, docs: int = 30, per_doc: int = 200, vocab: in
     q_logits = p_logits + torch.randn(n, vocab, generator=g) * 2  # a noisy copy: the drafter
     reference = torch.multinomial(torch.softmax(p_logits, -1), 1, generator=g)[:, 0]
     drafted = q_logits.argmax(-1)
-    rows = {k: v.numpy() for k, v in compute_labels(q_logits, p_logits, reference, drafted).items()}
+    rows = {k: v.numpy() for k, v in token_labels(q_logits, p_logits, reference, drafted).items()}
     rows["features"] = compute_features(q_logits, p_logits, drafted[:, None])[:, 0, :].numpy()
     rows["doc_id"] = np.repeat(np.arange(docs), per_doc)
     rows["position"] = np.tile(np.arange(per_doc), docs)

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from deferral.labels import TOKEN_LABELS, compute_labels
+from deferral.labels import TOKEN_LABELS
+from tests.labels_helper import token_labels as compute_labels
 
 
 def _logits(probs):

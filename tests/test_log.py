@@ -18,7 +18,7 @@ import torch
 from deferral.cli import main as cli_main
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, compute_features
-from deferral.labels import compute_labels
+from tests.labels_helper import token_labels as compute_labels
 from training.logs import logged_data as fmt
 from training.logs.corpora import open_corpus
 from training.logs.log_cli import main as log_main
