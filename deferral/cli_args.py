@@ -1,13 +1,15 @@
 """Command-line helpers every command shares: one-line usage errors, the pair flags, and flags built
 from a typed dataclass config, so that each default lives in the dataclass alone.
 
-A config field becomes a flag `--field-name` with the field's type and default; its help text is the
-field's `help` metadata (`flag(default, "help")`). `config_from_args` builds the dataclass back from
+A config field becomes a flag `--field-name` with the field's type and default (a bool field that
+defaults to False becomes a switch: `--field-name` alone turns it on); its help text is the field's
+`help` metadata (`flag(default, "help")`). `config_from_args` builds the dataclass back from
 the parsed namespace by field name, so a command never repeats a default or copies fields by hand.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import field
@@ -19,8 +21,16 @@ from deferral.errors import DeferralError
 
 
 def flag(default: Any, help: str) -> Any:  # noqa: A002  (the argparse word)
-    """A dataclass field that is also a command-line flag: its default and its help text."""
+    """A dataclass field that is also a command-line flag: its default and its help text (a list or
+    dict default is copied for each instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def required_flag(help: str) -> Any:  # noqa: A002
+    """A dataclass field that is a required flag (no default; declare it before the defaulted ones)."""
+    return field(metadata={"help": help})
 
 
 def config_fields(cls, skip: Iterable[str] = ()) -> list[dataclasses.Field]:
@@ -33,9 +43,15 @@ def add_config_flags(parser: ArgumentParser, cls, skip: Iterable[str] = ()) -> N
     """One `--field-name` flag per field of the dataclass `cls` (type, default and help from the field)."""
     hints = typing.get_type_hints(cls)
     for f in config_fields(cls, skip):
+        name = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            parser.add_argument(name, type=hints[f.name], required=True, help=f.metadata.get("help", ""))
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        parser.add_argument("--" + f.name.replace("_", "-"), type=hints[f.name], default=default,
-                            help=f.metadata.get("help", ""))
+        if hints[f.name] is bool and default is False:  # a switch: `--name` alone turns it on
+            parser.add_argument(name, action="store_true", help=f.metadata.get("help", ""))
+        else:
+            parser.add_argument(name, type=hints[f.name], default=default, help=f.metadata.get("help", ""))
 
 
 def config_from_args(cls, args, skip: Iterable[str] = (), **overrides):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from deferral.errors import DeferralError
 from deferral.outputs import check_output_folder
-from deferral.cli_args import add_pair_arguments, parse
+from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse, required_flag
 from inference.generate import add_decode_arguments, check_draft_room, decode_config
 
 PARTIAL_FILE = "decode_calibration.partial.jsonl"
@@ -33,24 +34,24 @@ PARTIAL_FILE = "decode_calibration.partial.jsonl"
 CALIBRATION_DEFAULTS = {"max_new_tokens": 64, "batch_size": 16}
 
 
+@dataclass
+class CalibrateOptions:
+    router: str = required_flag("router export folder (see deferral export)")
+    out: str | None = flag(None, "write a calibrated copy of the export here (default: update --router in place)")
+    task: str = flag("stdlib", "prompts: stdlib (cuts of --part) or hf:<dataset or file> (keep evaluation sets out)")
+    part: str = flag("train", "stdlib part cut into prompts: train or heldout")
+    prompt_column: str = flag("prompt", "hf task: column holding the prompt")
+    limit: int = flag(200, "calibration prompts")
+    rates: list[float] = flag([0.1, 0.2, 0.3, 0.4, 0.5], "deferral rates the table must cover: each gets a measurement near it")
+    max_rounds: int = flag(4, "refinements after the first decodes, each one threshold per rate not yet met")
+    tolerance: float = flag(0.02, "a requested rate is met once a decode lands this close to it")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral calibrate", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--router", type=str, required=True, help="router export folder (see deferral export)")
-    parser.add_argument("--out", type=str | None, default=None,
-                        help="write a calibrated copy of the export here (default: update --router in place)")
-    parser.add_argument("--task", type=str, default="stdlib",
-                        help="prompts: stdlib (cuts of --part) or hf:<dataset or file> (keep evaluation sets out)")
-    parser.add_argument("--part", type=str, default="train", help="stdlib part cut into prompts: train or heldout")
-    parser.add_argument("--prompt-column", type=str, default="prompt", help="hf task: column holding the prompt")
-    parser.add_argument("--limit", type=int, default=200, help="calibration prompts")
-    parser.add_argument("--rates", type=list[float], default=[0.1, 0.2, 0.3, 0.4, 0.5],
-                        help="deferral rates the table must cover: each gets a measurement near it")
-    parser.add_argument("--max-rounds", type=int, default=4,
-                        help="refinements after the first decodes, each one threshold per rate not yet met")
-    parser.add_argument("--tolerance", type=float, default=0.02,
-                        help="a requested rate is met once a decode lands this close to it")
+    add_config_flags(parser, CalibrateOptions)
     add_decode_arguments(parser)
     parser.set_defaults(**CALIBRATION_DEFAULTS)
     return parser

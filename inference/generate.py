@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from deferral.cli_args import add_config_flags, add_pair_arguments, config_from_args, parse
+from deferral.cli_args import add_config_flags, add_pair_arguments, config_from_args, flag, parse
 from deferral.errors import DeferralError
 from deferral.rules import RULE_NAMES, DeferralRule, make_rule, warn_alpha_outside_range
 from inference.config import DecodeConfig
@@ -24,22 +25,32 @@ def add_decode_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
 
 
+@dataclass
+class RuleOptions:
+    """Which rule decodes (generate, serve: there the default of requests that name none)."""
+
+    rule: str = flag("speculative", f"one of: {', '.join(RULE_NAMES)}")
+    alpha: float | None = flag(None, "the knob of a hand-set rule")
+    router: str | None = flag(None, "router export folder (--rule learned)")
+    threshold: float | None = flag(None, "learned rule: defer above this score")
+    deferral_rate: float | None = flag(None, "learned rule: pick the threshold giving this deferral rate (router calibration)")
+
+
+@dataclass
+class GenerateOptions:
+    sequential: bool = flag(False, "run the rule as a sequential token-level cascade instead of speculatively")
+    prompt: str | None = flag(None, "one prompt text")
+    prompts: str | None = flag(None, "JSONL file, one {\"prompt\": ...} per line")
+    json: bool = flag(False, "print one JSON object per prompt")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral generate", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--rule", type=str, default="speculative", help=f"one of: {', '.join(RULE_NAMES)}")
-    parser.add_argument("--alpha", type=float | None, default=None, help="the knob of a hand-set rule")
-    parser.add_argument("--router", type=str | None, default=None, help="router export folder (--rule learned)")
-    parser.add_argument("--threshold", type=float | None, default=None, help="learned rule: defer above this score")
-    parser.add_argument("--deferral-rate", type=float | None, default=None,
-                        help="learned rule: pick the threshold giving this deferral rate (router calibration)")
-    parser.add_argument("--sequential", action="store_true",
-                        help="run the rule as a sequential token-level cascade instead of speculatively")
+    add_config_flags(parser, RuleOptions)
     add_decode_arguments(parser)
-    parser.add_argument("--prompt", type=str | None, default=None, help="one prompt text")
-    parser.add_argument("--prompts", type=str | None, default=None, help="JSONL file, one {\"prompt\": ...} per line")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_config_flags(parser, GenerateOptions)
     return parser
 
 
@@ -87,9 +98,9 @@ def build_rule(args, pair) -> DeferralRule:
         )
         warn_alpha_outside_range("learned", args.alpha)
         return rule
-    for flag in ("router", "threshold", "deferral_rate"):
-        if getattr(args, flag) is not None:
-            raise DeferralError(f"--{flag.replace('_', '-')} only applies to --rule learned")
+    for name in ("router", "threshold", "deferral_rate"):
+        if getattr(args, name) is not None:
+            raise DeferralError(f"--{name.replace('_', '-')} only applies to --rule learned")
     rule = make_rule(args.rule, args.alpha)
     warn_alpha_outside_range(args.rule, args.alpha)
     return rule

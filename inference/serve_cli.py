@@ -8,37 +8,38 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.rules import make_rule, warn_alpha_outside_range
-from deferral.cli_args import add_pair_arguments, parse
-from inference.generate import add_decode_arguments
+from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse
+from inference.generate import RuleOptions, add_decode_arguments
 from inference.serving.requests import SERVED_RULES, CascadeChoice, RequestError, Sampling
+
+
+# A server batches requests that arrive together (generate's default of 1 would decode them one by one).
+SERVE_DEFAULTS = {"batch_size": 16}
+
+
+@dataclass
+class ServeOptions:
+    host: str = flag("127.0.0.1", "address to listen on")
+    port: int = flag(8000, "port to listen on (0 = any free port)")
+    max_queue: int = flag(64, "requests in flight (decoding or waiting) beyond which new ones get HTTP 429")
+    model_name: str | None = flag(None, "the model id /v1/models lists (default: the target's name)")
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral serve", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--rule", type=str, default="speculative",
-                        help=f"default rule of requests that name none: one of {', '.join(SERVED_RULES)}")
-    parser.add_argument("--alpha", type=float | None, default=None, help="the default rule's knob")
-    parser.add_argument("--router", type=str | None, default=None,
-                        help="router export folder: lets requests use rule learned")
-    parser.add_argument("--threshold", type=float | None, default=None, help="learned rule: default threshold")
-    parser.add_argument("--deferral-rate", type=float | None, default=None, help="learned rule: default deferral rate")
+    add_config_flags(parser, RuleOptions)  # the default rule of requests that name none
     add_decode_arguments(parser)
-    # a server batches requests that arrive together (generate's default of 1 would decode them one by one)
-    parser.set_defaults(batch_size=16)
-    parser.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
-    parser.add_argument("--max-queue", type=int, default=64,
-                        help="requests in flight (decoding or waiting) beyond which new ones get HTTP 429")
-    parser.add_argument("--model-name", type=str | None, default=None,
-                        help="the model id /v1/models lists (default: the target's name)")
+    parser.set_defaults(**SERVE_DEFAULTS)
+    add_config_flags(parser, ServeOptions)
     return parser
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from deferral.cli_args import add_config_flags, flag, required_flag
 from deferral.errors import DeferralError
 from deferral.labels import ROUTER_TARGETS
 from deferral.router import load_router
@@ -41,25 +43,25 @@ from training.router.datamodule import (
 )
 
 
+@dataclass
+class BaselinesOptions:
+    data: str = required_flag("a `deferral log` output folder")
+    router: str | None = flag(None, "router export folder to compare (its splits)")
+    targets: str | None = flag(None, f"comma-separated targets ({', '.join(ROUTER_TARGETS)}); default: the router's target")
+    alpha: float = flag(0.5, "alpha of the fixed-alpha OPT score")
+    whole_log: bool = flag(False, "score every document (a log the router never trained on, e.g. stdlib:heldout); "
+                                  "logistic regression, which needs training documents, is skipped")
+    calibration: str = flag("isotonic", "isotonic or sigmoid (logistic regression)")
+    split_seed: int = flag(DEFAULT_SPLIT_SEED, "document split seed when no --router is given")
+    val_fraction: float = flag(DEFAULT_VAL_FRACTION, "validation share when no --router is given")
+    test_fraction: float = flag(DEFAULT_TEST_FRACTION, "test share when no --router is given")
+    out: str | None = flag(None, "write the markdown table (and .json) here")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral baselines", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
-    parser.add_argument("--data", type=str, required=True, help="a `deferral log` output folder")
-    parser.add_argument("--router", type=str | None, default=None, help="router export folder to compare (its splits)")
-    parser.add_argument("--targets", type=str | None, default=None,
-                        help=f"comma-separated targets ({', '.join(ROUTER_TARGETS)}); default: the router's target")
-    parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the fixed-alpha OPT score")
-    parser.add_argument("--whole-log", action="store_true",
-                        help="score every document (a log the router never trained on, e.g. stdlib:heldout); "
-                             "logistic regression, which needs training documents, is skipped")
-    parser.add_argument("--calibration", type=str, default="isotonic", help="isotonic or sigmoid (logistic regression)")
-    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help="document split seed when no --router is given")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                        help="validation share when no --router is given")
-    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                        help="test share when no --router is given")
-    parser.add_argument("--out", type=str | None, default=None, help="write the markdown table (and .json) here")
+    add_config_flags(parser, BaselinesOptions)
     return parser
 
 

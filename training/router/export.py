@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from deferral.cli_args import add_config_flags, flag, required_flag
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI
 from deferral.router import Router, RouterConfig, save_router
@@ -211,13 +213,18 @@ def checkpoint_from_mlflow(run_id: str, tracking_uri: str, dst: Path) -> tuple[P
     return Path(local), metrics
 
 
+@dataclass
+class ExportOptions:
+    out: str = required_flag("export folder to write")
+    checkpoint: str | None = flag(None, "a .ckpt from `deferral train fit`")
+    mlflow_run: str | None = flag(None, "export the best checkpoint of this MLflow run")
+    tracking_uri: str = flag(DEFAULT_TRACKING_URI, "MLflow store of --mlflow-run")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral export", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
-    parser.add_argument("--checkpoint", type=str | None, default=None, help="a .ckpt from `deferral train fit`")
-    parser.add_argument("--mlflow-run", type=str | None, default=None, help="export the best checkpoint of this MLflow run")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow store of --mlflow-run")
-    parser.add_argument("--out", type=str, required=True, help="export folder to write")
+    add_config_flags(parser, ExportOptions)
     return parser
 
 
