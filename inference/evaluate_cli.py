@@ -11,6 +11,7 @@ same setup skips finished rows and repeats, another setup is refused). The same 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -23,7 +24,7 @@ from deferral.outputs import (
     check_tracking_store,
     tracking_off,
 )
-from deferral.cli_args import add_pair_arguments, parse
+from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse
 from deferral.rules import HAND_SET_RULES
 from inference.evaluate_run import log_to_mlflow, router_identity, run_name, sweep, time_sweep, timing_setup
 from inference.generate import add_decode_arguments, decode_config
@@ -32,50 +33,56 @@ from inference.runner import encode_prompts
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
 
 
+@dataclass
+class SweepOptions:
+    """What is swept, on which task."""
+
+    task: str = flag("humaneval", f"one of: {', '.join(TASK_NAMES)}")
+    limit: int | None = flag(None, "use the task's first N examples")
+    raw_prompts: bool = flag(False, "humaneval: give raw function stubs even when the target has a chat template")
+    unsafe_allow_network: bool = flag(
+        False, "humaneval: where this machine cannot isolate generated code (no namespaces), run it anyway, with "
+               "network, processes and files of this user within its reach")
+    prompt_column: str = flag("prompt", "hf task: the prompt column")
+    reference_column: str = flag("reference", "hf task: the reference column")
+    rules: list[str] = flag(list(HAND_SET_RULES),
+                            "rules to sweep (target, drafter and lossless speculative are always included)")
+    modes: list[str] = flag(["speculative", "sequential"], "speculative and/or sequential cascades")
+    draft_tokens_list: list[int] | None = flag(None, "K values for speculative points (default: --draft-tokens)")
+    alpha_points: int = flag(5, "α values per hand-set rule, spread over its range")
+    alphas: dict[str, list[float]] | None = flag(
+        None, "explicit α values per rule, e.g. {chow: [0.2, 0.5]} (overrides --alpha-points)")
+    router: str | None = flag(None, "router export folder for the learned rule")
+    deferral_rates: list[float] | None = flag(
+        None, "learned rule: deferral rates to sweep (the router's calibration picks thresholds)")
+    thresholds: list[float] | None = flag(None, "learned rule: score thresholds to sweep (instead of --deferral-rates)")
+
+
+@dataclass
+class RunOptions:
+    """How the sweep runs, is timed and recorded."""
+
+    threads: int | None = flag(None, "torch CPU threads (default: the physical cores this process may run on)")
+    timing_repeats: int = flag(3, "after the sweep, time every point this many times on --timing-prompts prompts, "
+                                  "interleaved with the others (0: relative latency from the sweep's single pass)")
+    timing_prompts: int = flag(8, "the task's first N prompts are timed (all of them when there are fewer)")
+    no_fidelity: bool = flag(False, "skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
+    out: str = flag("runs/evaluate", "output folder (resumed when it exists)")
+    references_from: str | None = flag(
+        None, "an output folder of the same setup (its router aside): take its target, drafter and lossless "
+              "speculative rows and texts instead of decoding them again (still timed here)")
+    tracking_uri: str = flag(DEFAULT_TRACKING_URI, TRACKING_HELP)
+    experiment: str = flag("deferral-evaluate", "MLflow experiment name")
+    no_mlflow: bool = flag(False, "do not log to MLflow (the older spelling of --tracking-uri none)")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral evaluate", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--task", type=str, default="humaneval", help=f"one of: {', '.join(TASK_NAMES)}")
-    parser.add_argument("--limit", type=int | None, default=None, help="use the task's first N examples")
-    parser.add_argument("--raw-prompts", action="store_true",
-                        help="humaneval: give raw function stubs even when the target has a chat template")
-    parser.add_argument("--unsafe-allow-network", action="store_true",
-                        help="humaneval: where this machine cannot isolate generated code (no namespaces), run it "
-                             "anyway, with network, processes and files of this user within its reach")
-    parser.add_argument("--prompt-column", type=str, default="prompt", help="hf task: the prompt column")
-    parser.add_argument("--reference-column", type=str, default="reference", help="hf task: the reference column")
-    parser.add_argument("--rules", type=list[str], default=list(HAND_SET_RULES),
-                        help="rules to sweep (target, drafter and lossless speculative are always included)")
-    parser.add_argument("--modes", type=list[str], default=["speculative", "sequential"],
-                        help="speculative and/or sequential cascades")
-    parser.add_argument("--draft-tokens-list", type=list[int] | None, default=None,
-                        help="K values for speculative points (default: --draft-tokens)")
-    parser.add_argument("--alpha-points", type=int, default=5, help="α values per hand-set rule, spread over its range")
-    parser.add_argument("--alphas", type=dict[str, list[float]] | None, default=None,
-                        help="explicit α values per rule, e.g. {chow: [0.2, 0.5]} (overrides --alpha-points)")
-    parser.add_argument("--router", type=str | None, default=None, help="router export folder for the learned rule")
-    parser.add_argument("--deferral-rates", type=list[float] | None, default=None,
-                        help="learned rule: deferral rates to sweep (the router's calibration picks thresholds)")
-    parser.add_argument("--thresholds", type=list[float] | None, default=None,
-                        help="learned rule: score thresholds to sweep (instead of --deferral-rates)")
+    add_config_flags(parser, SweepOptions)
     add_decode_arguments(parser)
-    parser.add_argument("--threads", type=int | None, default=None,
-                        help="torch CPU threads (default: the physical cores this process may run on)")
-    parser.add_argument("--timing-repeats", type=int, default=3,
-                        help="after the sweep, time every point this many times on --timing-prompts prompts, "
-                             "interleaved with the others (0: relative latency from the sweep's single pass)")
-    parser.add_argument("--timing-prompts", type=int, default=8,
-                        help="the task's first N prompts are timed (all of them when there are fewer)")
-    parser.add_argument("--no-fidelity", action="store_true",
-                        help="skip the target NLL / ROUGE-L-vs-target metrics (saves one target pass per prompt)")
-    parser.add_argument("--out", type=str, default="runs/evaluate", help="output folder (resumed when it exists)")
-    parser.add_argument("--references-from", type=str | None, default=None,
-                        help="an output folder of the same setup (its router aside): take its target, drafter and "
-                             "lossless speculative rows and texts instead of decoding them again (still timed here)")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
-    parser.add_argument("--experiment", type=str, default="deferral-evaluate", help="MLflow experiment name")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_config_flags(parser, RunOptions)
     return parser
 
 
