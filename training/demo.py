@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -30,49 +31,45 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.assets import asset_path
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store
-from deferral.cli_args import add_pair_arguments, parse
+from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse
 from inference.config import DecodeConfig
 
 STEPS = 7
+
+
+@dataclass
+class DemoOptions:
+    workdir: str = flag("runs/demo", "where every step writes (resumable)")
+    log_docs: int = flag(24, "at most this many standard-library files logged for training (at least 3: split by file)")
+    log_positions: int = flag(8000, "at most this many token positions logged")
+    router_config: str = flag(str(asset_path("configs", "router.yaml")), "configuration of `deferral train fit`")
+    max_epochs: int = flag(4, "router training epochs")
+    task: str = flag("stdlib", "evaluation task (see deferral evaluate --help)")
+    limit: int = flag(40, "task examples evaluated")
+    max_new_tokens: int = flag(64, "tokens generated per example")
+    draft_tokens: int = flag(DecodeConfig().draft_tokens, "K: tokens drafted per target call")
+    batch_size: int = flag(8, "examples decoded together (latencies are of batched decoding)")
+    timing_repeats: int = flag(3, "times each point is timed on --timing-prompts examples, interleaved with the others")
+    timing_prompts: int = flag(8, "examples timed (the task's first N)")
+    threads: int | None = flag(None, "torch CPU threads of the evaluations (default: the physical cores available)")
+    hand_set_rule: str = flag("token-v3", "hand-set rule compared with the router")
+    alphas: list[float] = flag([0.3, 0.6], "α values of the hand-set rule")
+    deferral_rates: list[float] = flag([0.2, 0.4], "deferral rates of the learned rule")
+    calibration_task: str = flag("stdlib", "prompts the trained router's deferral rates are calibrated on while "
+                                           "decoding (stdlib: cuts of its train part, which the evaluation never uses)")
+    calibration_prompts: int = flag(16, "prompts decoded per calibration threshold")
+    calibration_tokens: int = flag(32, "tokens generated per calibration prompt")
+    shipped_router: str | None = flag(str(asset_path("models", "default-router")),
+                                      "router evaluated beside the one trained here (default pair only; null: skip)")
+    shipped_thresholds: list[float] = flag([0.3, 0.4], "thresholds of the shipped router")
+    tracking_uri: str = flag(DEFAULT_TRACKING_URI, TRACKING_HELP)
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral demo", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--workdir", type=str, default="runs/demo", help="where every step writes (resumable)")
-    parser.add_argument("--log-docs", type=int, default=24,
-                        help="at most this many standard-library files logged for training (at least 3: split by file)")
-    parser.add_argument("--log-positions", type=int, default=8000, help="at most this many token positions logged")
-    parser.add_argument("--router-config", type=str, default=str(asset_path("configs", "router.yaml")),
-                        help="configuration of `deferral train fit`")
-    parser.add_argument("--max-epochs", type=int, default=4, help="router training epochs")
-    parser.add_argument("--task", type=str, default="stdlib", help="evaluation task (see deferral evaluate --help)")
-    parser.add_argument("--limit", type=int, default=40, help="task examples evaluated")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per example")
-    parser.add_argument("--draft-tokens", type=int, default=DecodeConfig().draft_tokens,
-                        help="K: tokens drafted per target call")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="examples decoded together (latencies are of batched decoding)")
-    parser.add_argument("--timing-repeats", type=int, default=3,
-                        help="times each point is timed on --timing-prompts examples, interleaved with the others")
-    parser.add_argument("--timing-prompts", type=int, default=8, help="examples timed (the task's first N)")
-    parser.add_argument("--threads", type=int | None, default=None,
-                        help="torch CPU threads of the evaluations (default: the physical cores available)")
-    parser.add_argument("--hand-set-rule", type=str, default="token-v3", help="hand-set rule compared with the router")
-    parser.add_argument("--alphas", type=list[float], default=[0.3, 0.6], help="α values of the hand-set rule")
-    parser.add_argument("--deferral-rates", type=list[float], default=[0.2, 0.4],
-                        help="deferral rates of the learned rule")
-    parser.add_argument("--calibration-task", type=str, default="stdlib",
-                        help="prompts the trained router's deferral rates are calibrated on while decoding "
-                             "(stdlib: cuts of its train part, which the evaluation never uses)")
-    parser.add_argument("--calibration-prompts", type=int, default=16, help="prompts decoded per calibration threshold")
-    parser.add_argument("--calibration-tokens", type=int, default=32, help="tokens generated per calibration prompt")
-    parser.add_argument("--shipped-router", type=str | None, default=str(asset_path("models", "default-router")),
-                        help="router evaluated beside the one trained here (default pair only; null: skip)")
-    parser.add_argument("--shipped-thresholds", type=list[float], default=[0.3, 0.4],
-                        help="thresholds of the shipped router")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
+    add_config_flags(parser, DemoOptions)
     return parser
 
 
