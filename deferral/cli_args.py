@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from jsonargparse import ArgumentParser
@@ -68,11 +68,16 @@ def parse(parser: ArgumentParser, argv: list[str]):
         raise DeferralError(f"{str(exc).splitlines()[0]} (see {parser.prog} --help)") from None
 
 
+@dataclass
+class PairOptions:
+    """The drafter and target a command loads (deferral.pair.load_pair)."""
+
+    drafter: str | None = flag(None, "drafter: Hugging Face id, local folder or .gguf file (default: the embedded drafter)")
+    target: str | None = flag(None, "target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    device: str = flag("cpu", "cpu, cuda, cuda:N or auto")
+    dtype: str = flag("float32", "float32, bfloat16 or float16")
+
+
 def add_pair_arguments(parser: ArgumentParser) -> None:
     """--drafter/--target/--device/--dtype, shared by every command that loads a pair."""
-    parser.add_argument("--drafter", type=str | None, default=None,
-                        help="drafter: Hugging Face id, local folder or .gguf file (default: the embedded drafter)")
-    parser.add_argument("--target", type=str | None, default=None,
-                        help="target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", type=str, default="float32", help="float32, bfloat16 or float16")
+    add_config_flags(parser, PairOptions)

@@ -21,8 +21,15 @@ def add_decode_arguments(parser: ArgumentParser) -> None:
     """The decoding knobs shared by generate, evaluate, calibrate and serve: DecodeConfig's fields,
     plus how many prompts run together and the chat template."""
     add_config_flags(parser, DecodeConfig, skip=DECODE_FLAGS_SKIPPED)
-    parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together in one loop")
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    add_config_flags(parser, BatchOptions)
+
+
+@dataclass
+class BatchOptions:
+    """How prompts are fed to the decode loop (beside DecodeConfig, which is per loop)."""
+
+    batch_size: int = flag(1, "prompts decoded together in one loop")
+    chat: bool = flag(False, "wrap each prompt in the tokenizer's chat template")
 
 
 @dataclass

@@ -87,3 +87,19 @@ def test_the_shipped_configs_leave_mode_dependent_defaults_to_the_code():
     assert log_config(args).generator == "speculative"
     args = parser_of("log").parse_args(["--config", str(config)])
     assert log_config(args).generator == "target"
+
+
+def test_every_flag_is_a_dataclass_field():
+    """One style for every command but train (LightningCLI): flags come from typed dataclass fields
+    (add_config_flags), so no module writes a flag, its type or its default by hand (--config aside)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    by_hand = {
+        str(path.relative_to(root)): found
+        for package in ("deferral", "inference", "training")
+        for path in sorted((root / package).rglob("*.py"))
+        if (found := re.findall(r'add_argument\(\s*"(--[\w-]+)"', path.read_text())) and found != ["--config"] * len(found)
+    }
+    assert by_hand == {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,71 +23,73 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP
-from deferral.cli_args import parse
+from deferral.cli_args import add_config_flags, flag, parse
 from training.distill.distill_stages import fit_and_report, measure, prepare_corpus, prepare_onpolicy
+
+
+@dataclass
+class DistillOptions:
+    target: str | None = flag(None, "target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    device: str = flag("cpu", "cpu, cuda, cuda:N or auto")
+    dtype: str = flag("float32", "dtype the target is loaded in")
+    out: str = flag("runs/distill", "run folder: data cache, checkpoints, metrics")
+    export: str | None = flag(None, "write the drafter here as a Hugging Face folder")
+    seed: int = flag(0, "seeds data order, splits, sampling and initialisation")
+    # corpus
+    data: list[str] = flag(["stdlib", "site-packages"],
+                           "corpus folders, or stdlib / site-packages / docs (this Python's files, /usr/share/doc)")
+    tokenizer: str | None = flag(None, "tokenizer folder for the corpus stage (default: the target's); must equal the target's")
+    max_code_chars: int = flag(200_000_000, "cap on code characters read")
+    max_prose_chars: int = flag(100_000_000, "cap on prose characters read")
+    min_english: float = flag(0.6, "share of letters in words a prose text needs")
+    heldout_fraction: float = flag(0.03, "share of packages held out (by name hash)")
+    heldout_units: list[str] = flag([], "packages/modules always held out")
+    block_size: int = flag(512, "tokens per training row")
+    # on-policy
+    chat_prompts: int = flag(0, "chat-formatted prompts the target answers")
+    heldout_chat_prompts: int = flag(0, "chat prompts from held-out text (evaluation)")
+    raw_prompts: int = flag(0, "corpus prefixes the target continues")
+    prefix_tokens: int = flag(64, "length of each corpus prefix")
+    max_prompt_tokens: int = flag(384, "longer chat prompts are skipped")
+    new_tokens: int = flag(256, "tokens the target generates per prompt")
+    generate_batch_size: int = flag(256, "prompts generated together")
+    onpolicy_temperature: float = flag(0.7, "target sampling temperature (0 = greedy)")
+    mix: dict[str, float] = flag({"code": 1.0, "prose": 1.0, "onpolicy": 1.0},
+                                 "repeat factor of each training source (0.5 = half its blocks, 2 = twice)")
+    # drafter
+    init: str | None = flag(None, "start from this Hugging Face folder instead")
+    layers: int = flag(6, "decoder layers")
+    hidden: int = flag(256, "hidden width")
+    intermediate: int = flag(768, "MLP width")
+    heads: int = flag(4, "attention heads")
+    kv_heads: int = flag(2, "key/value heads (grouped-query attention)")
+    # optimisation
+    steps: int = flag(1000, "optimizer steps in all (the cosine schedule's length)")
+    batch_size: int = flag(64, "rows per step")
+    lr: float = flag(2e-3, "peak learning rate")
+    warmup_steps: int = flag(100, "linear warm-up steps")
+    weight_decay: float = flag(0.1, "AdamW weight decay")
+    topk: int | None = flag(None, "KL to the target's top-k only (default: full)")
+    precision: str = flag("32-true", "Lightning precision, e.g. bf16-mixed on GPU")
+    max_minutes: float | None = flag(None, "stop fitting once the command has run this many minutes (rerun to resume)")
+    val_every: int = flag(500, "validate every N steps")
+    val_blocks: int = flag(64, "held-out blocks per set used during fitting")
+    eval_blocks: int = flag(256, "held-out blocks per set in the final report (--measure-only: 0 = cost only)")
+    checkpoint_every: int = flag(500, "save the `last` checkpoint every N steps")
+    # tracking and modes
+    tracking_uri: str = flag(DEFAULT_TRACKING_URI, TRACKING_HELP)
+    experiment: str = flag("distill", "MLflow experiment name")
+    prepare_only: bool = flag(False, "build the corpus stage and stop")
+    measure_only: bool = flag(False, "measure --drafter on the held-out sets and stop")
+    drafter: str | None = flag(None, "drafter to measure (--measure-only)")
+    threads: int = flag(2, "CPU threads for the cost measurement")
+    log_run: str | None = flag(None, "copy a finished run folder into MLflow and stop")
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="deferral distill", description=__doc__, exit_on_error=False)
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
-    p.add_argument("--target", type=str | None, default=None,
-                   help="target: Hugging Face id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", type=str, default="float32", help="dtype the target is loaded in")
-    p.add_argument("--out", type=str, default="runs/distill", help="run folder: data cache, checkpoints, metrics")
-    p.add_argument("--export", type=str | None, default=None, help="write the drafter here as a Hugging Face folder")
-    p.add_argument("--seed", type=int, default=0, help="seeds data order, splits, sampling and initialisation")
-    # corpus
-    p.add_argument("--data", type=list[str], default=["stdlib", "site-packages"],
-                   help="corpus folders, or stdlib / site-packages / docs (this Python's files, /usr/share/doc)")
-    p.add_argument("--tokenizer", type=str | None, default=None,
-                   help="tokenizer folder for the corpus stage (default: the target's); must equal the target's")
-    p.add_argument("--max-code-chars", type=int, default=200_000_000, help="cap on code characters read")
-    p.add_argument("--max-prose-chars", type=int, default=100_000_000, help="cap on prose characters read")
-    p.add_argument("--min-english", type=float, default=0.6, help="share of letters in words a prose text needs")
-    p.add_argument("--heldout-fraction", type=float, default=0.03, help="share of packages held out (by name hash)")
-    p.add_argument("--heldout-units", type=list[str], default=[], help="packages/modules always held out")
-    p.add_argument("--block-size", type=int, default=512, help="tokens per training row")
-    # on-policy
-    p.add_argument("--chat-prompts", type=int, default=0, help="chat-formatted prompts the target answers")
-    p.add_argument("--heldout-chat-prompts", type=int, default=0, help="chat prompts from held-out text (evaluation)")
-    p.add_argument("--raw-prompts", type=int, default=0, help="corpus prefixes the target continues")
-    p.add_argument("--prefix-tokens", type=int, default=64, help="length of each corpus prefix")
-    p.add_argument("--max-prompt-tokens", type=int, default=384, help="longer chat prompts are skipped")
-    p.add_argument("--new-tokens", type=int, default=256, help="tokens the target generates per prompt")
-    p.add_argument("--generate-batch-size", type=int, default=256, help="prompts generated together")
-    p.add_argument("--onpolicy-temperature", type=float, default=0.7, help="target sampling temperature (0 = greedy)")
-    p.add_argument("--mix", type=dict[str, float], default={"code": 1.0, "prose": 1.0, "onpolicy": 1.0},
-                   help="repeat factor of each training source (0.5 = half its blocks, 2 = twice)")
-    # drafter
-    p.add_argument("--init", type=str | None, default=None, help="start from this Hugging Face folder instead")
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--intermediate", type=int, default=768)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    # optimisation
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all (the cosine schedule's length)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--topk", type=int | None, default=None, help="KL to the target's top-k only (default: full)")
-    p.add_argument("--precision", type=str, default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
-    p.add_argument("--max-minutes", type=float | None, default=None, help="stop fitting once the command has run this many minutes (rerun to resume)")
-    p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
-    p.add_argument("--val-blocks", type=int, default=64, help="held-out blocks per set used during fitting")
-    p.add_argument("--eval-blocks", type=int, default=256,
-                   help="held-out blocks per set in the final report (--measure-only: 0 = cost only)")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="save the `last` checkpoint every N steps")
-    # tracking and modes
-    p.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
-    p.add_argument("--experiment", type=str, default="distill", help="MLflow experiment name")
-    p.add_argument("--prepare-only", action="store_true", help="build the corpus stage and stop")
-    p.add_argument("--measure-only", action="store_true", help="measure --drafter on the held-out sets and stop")
-    p.add_argument("--drafter", type=str | None, default=None, help="drafter to measure (--measure-only)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the cost measurement")
-    p.add_argument("--log-run", type=str | None, default=None, help="copy a finished run folder into MLflow and stop")
+    add_config_flags(p, DistillOptions)
     return p
 
 

@@ -8,47 +8,53 @@ Format: training/logs/logged_data.py; guide: docs/logging.md.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from deferral.cli_args import add_config_flags, add_pair_arguments, parse
+from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse, required_flag
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP, check_output_folder, check_tracking_store, tracking_off
 from training.logs.log_job import lock_out, make_job, require_documents, track
 from training.logs.log_pipeline import LOG_FLAGS_SKIPPED, LogConfig, feature_spec
+
+
+@dataclass
+class CorpusOptions:
+    data: str = required_flag("corpus: stdlib[:train|heldout|all], a .txt/.jsonl/.parquet file (or glob, or a,b list), "
+                              "a folder of text/source files, or a Hugging Face dataset name[/config][:split]")
+    out: str = required_flag("output folder (rerun with the same flags to resume)")
+    text_column: str = flag("text", "text field of .jsonl/.parquet/HF rows")
+    hf_config: str | None = flag(None, "Hugging Face dataset config name")
+    txt_docs: str = flag("paragraph", "how a .txt file splits into documents: paragraph (blank lines), line or file")
+
+
+@dataclass
+class JobOptions:
+    docs_per_shard: int = flag(16, "documents per shard: the unit of resumption, and of the first total and ETA")
+    max_docs: int | None = flag(None, "stop after this many documents")
+    doc_chars: int | None = flag(None, "keep the first N characters of each document (spreads a position budget "
+                                       "over more documents)")
+    max_positions: int | None = flag(None, "stop after this many positions (split evenly across processes)")
+    generator: str | None = flag(None, "on-policy/cascade: who writes continuations: target, or a cascade rule "
+                                       "(speculative, chow, opt, ...); default: target on-policy, speculative in "
+                                       "cascade mode")
+    compile: str = flag("auto", "torch.compile the feature and label step (a one-off compile cost, then about twice "
+                                "as fast): on, off, or auto = on for vocabularies of 4096 tokens or more")
+    devices: int = flag(1, "processes (Lightning DDP predict loop) when > 1")
+    accelerator: str = flag("auto", "Lightning accelerator for --devices > 1")
+    tracking_uri: str = flag(DEFAULT_TRACKING_URI, TRACKING_HELP)
+    experiment: str = flag("deferral-log", "MLflow experiment name")
+    no_tracking: bool = flag(False, "do not record the run in MLflow (the older spelling of --tracking-uri none)")
+    no_progress: bool = flag(False, "hide the progress bar")
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="deferral log", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these flags")
     add_pair_arguments(parser)
-    parser.add_argument("--data", type=str, required=True,
-                        help="corpus: stdlib[:train|heldout|all], a .txt/.jsonl/.parquet file (or glob, or a,b list), "
-                             "a folder of text/source files, or a Hugging Face dataset name[/config][:split]")
-    parser.add_argument("--text-column", type=str, default="text", help="text field of .jsonl/.parquet/HF rows")
-    parser.add_argument("--hf-config", type=str | None, default=None, help="Hugging Face dataset config name")
-    parser.add_argument("--txt-docs", type=str, default="paragraph",
-                        help="how a .txt file splits into documents: paragraph (blank lines), line or file")
-    parser.add_argument("--out", type=str, required=True, help="output folder (rerun with the same flags to resume)")
+    add_config_flags(parser, CorpusOptions)
     add_config_flags(parser, LogConfig, skip=LOG_FLAGS_SKIPPED)
-    parser.add_argument("--docs-per-shard", type=int, default=16,
-                        help="documents per shard: the unit of resumption, and of the first total and ETA")
-    parser.add_argument("--max-docs", type=int | None, default=None, help="stop after this many documents")
-    parser.add_argument("--doc-chars", type=int | None, default=None,
-                        help="keep the first N characters of each document (spreads a position budget over more documents)")
-    parser.add_argument("--max-positions", type=int | None, default=None,
-                        help="stop after this many positions (split evenly across processes)")
-    parser.add_argument("--generator", type=str | None, default=None,
-                        help="on-policy/cascade: who writes continuations: target, or a cascade rule (speculative, "
-                             "chow, opt, ...); default: target on-policy, speculative in cascade mode")
-    parser.add_argument("--compile", type=str, default="auto",
-                        help="torch.compile the feature and label step (a one-off compile cost, then about twice as "
-                             "fast): on, off, or auto = on for vocabularies of 4096 tokens or more")
-    parser.add_argument("--devices", type=int, default=1, help="processes (Lightning DDP predict loop) when > 1")
-    parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for --devices > 1")
-    parser.add_argument("--tracking-uri", type=str, default=DEFAULT_TRACKING_URI, help=TRACKING_HELP)
-    parser.add_argument("--experiment", type=str, default="deferral-log", help="MLflow experiment name")
-    parser.add_argument("--no-tracking", action="store_true", help="do not record the run in MLflow")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_flags(parser, JobOptions)
     return parser
 
 
