@@ -14,21 +14,18 @@ interrupted run resumes.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from tqdm import tqdm
 
 from deferral.errors import DeferralError
 from deferral.outputs import check_output_folder
 from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse, required_flag
 from inference.generate import add_decode_arguments, check_draft_room, decode_config
 
-PARTIAL_FILE = "decode_calibration.partial.jsonl"
 # Where calibration decodes differently from generate: the router's tables are measured on 64-token
 # continuations, and calibration prompts run batched.
 CALIBRATION_DEFAULTS = {"max_new_tokens": 64, "batch_size": 16}
@@ -85,23 +82,14 @@ def prepare_output(router: str, out: str | None) -> Path:
     return target
 
 
-def read_partial(path: Path, settings: dict) -> list[dict]:
-    """Measurements of an interrupted run with the same settings (else none: the file is restarted)."""
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not lines or lines[0].get("settings") != settings:
-        return []
-    return [line for line in lines[1:] if "threshold" in line]
-
-
 def main(argv: list[str]) -> int:
-    from deferral.calibration import decoded_rate_table, threshold_for_decoded_rate, threshold_for_rate
+    from deferral.calibration import threshold_for_decoded_rate, threshold_for_rate
     from deferral.pair import load_pair
     from deferral.router import META_FILE, read_router_meta
-    from inference.decode_calibration import calibrate_by_decoding, calibration_error, nearest
-    from inference.learned import DECODE_CALIBRATION_KEY, check_router, default_threshold, load_learned_rule, router_decision
-    from inference.runner import encode_prompts, run
+    from inference.calibrate_run import calibrate_export
+    from inference.decode_calibration import calibration_error, nearest
+    from inference.learned import check_router, default_threshold, router_decision
+    from inference.runner import encode_prompts
     from inference.tasks import check_task_name, make_task
 
     args = parse(build_parser(), argv)
@@ -126,44 +114,10 @@ def main(argv: list[str]) -> int:
     settings = {"task": task.describe(), "prompts": len(prompts), "decode": decode, "alpha": alpha,
                 "decision": router_decision(meta), "device": str(pair.device), "dtype": args.dtype}
 
-    partial = folder / PARTIAL_FILE
-    measured = read_partial(partial, settings)
-    if measured:
-        print(f"resuming: {len(measured)} thresholds already decoded ({partial})", file=sys.stderr)
-    else:
-        partial.write_text(json.dumps({"settings": settings}) + "\n")
     log_table = meta.get("calibration") if router_decision(meta) == "score" else None  # logged scores, plain decision
     start = [threshold_for_rate(log_table, r) for r in args.rates] if log_table else [default_threshold(meta)]
-
-    # Counted in prompts decoded (an ETA after the first batch); the total is an upper bound: the
-    # rounds stop once every rate is met.
-    most = (len(start) + args.max_rounds * len(args.rates)) * len(prompts)
-    bar = tqdm(total=most, desc="calibrate", unit="prompt", file=sys.stderr)
-    bar.update(min(len(measured) * len(prompts), most))
-
-    rule = load_learned_rule(str(folder), pair, threshold=0.0, alpha=alpha)  # loaded once; threshold set per decode
-
-    def decode_at(threshold: float):
-        rule.threshold = float(threshold)
-        bar.set_postfix_str(f"threshold={threshold:.4f}")
-        return run(pair, rule, prompts, cfg, batch_size=args.batch_size, on_batch=bar.update)
-
-    def on_measured(point: dict) -> None:
-        with partial.open("a") as f:
-            f.write(json.dumps(point) + "\n")
-        tqdm.write(f"threshold {point['threshold']:.4f}: decoded deferral rate {point['deferral_rate']:.3f} "
-                   f"({point['examined']} positions examined)", file=sys.stderr)
-
-    points = calibrate_by_decoding(decode_at, args.rates, start, max_rounds=args.max_rounds,
-                                   tolerance=args.tolerance, measured=measured, on_measured=on_measured)
-    bar.total = bar.n
-    bar.close()
-    table = decoded_rate_table(points, requested_rates=list(args.rates), **settings)
-    meta[DECODE_CALIBRATION_KEY] = table
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(folder / META_FILE)  # atomic: a kill leaves the old router.json or the new one
-    partial.unlink()
+    table, points = calibrate_export(folder, meta, pair, prompts, cfg, settings, start, args.rates,
+                                     max_rounds=args.max_rounds, tolerance=args.tolerance, batch_size=args.batch_size)
 
     print("| requested deferral rate | threshold | nearest measured rate |")
     print("|---|---|---|")
