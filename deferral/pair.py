@@ -64,16 +64,19 @@ class Pair:
 
     @property
     def pad_id(self) -> int:
-        """The id that fills left padding: the tokenizer's pad token, else its EOS, else 0 (padded
-        positions are masked, so any id would do; one choice keeps every loop's batches alike)."""
-        tok = self.tokenizer
-        for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-            if candidate is not None:
-                return int(candidate)
-        return 0
+        return pad_id_of(self.tokenizer)
 
     def identity(self) -> dict:
         return {"drafter": self.drafter.identity, "target": self.target.identity, "vocab_size": self.vocab_size}
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id that fills left padding: the tokenizer's pad token, else its EOS, else 0 (padded
+    positions are masked, so any id would do; one choice keeps every loop's batches alike)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:

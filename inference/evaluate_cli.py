@@ -10,9 +10,7 @@ same setup skips finished rows and repeats, another setup is refused). The same 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -26,10 +24,8 @@ from deferral.outputs import (
 )
 from deferral.cli_args import add_config_flags, add_pair_arguments, flag, parse
 from deferral.rules import HAND_SET_RULES
-from inference.evaluate_run import log_to_mlflow, router_identity, run_name, sweep, time_sweep, timing_setup
-from inference.generate import add_decode_arguments, decode_config
-from inference.results_store import ROUTER_KEY, ResultsStore
-from inference.runner import encode_prompts
+from inference.evaluate_run import evaluate
+from inference.generate import add_decode_arguments
 from inference.tasks import TASK_NAMES, check_limit, check_task_name
 
 
@@ -86,54 +82,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def make_task_from_args(args, pair):
-    from inference.tasks import make_task
-
-    chat = None
-    if args.task == "humaneval":
-        chat = bool(getattr(pair.tokenizer, "chat_template", None)) and not args.raw_prompts
-    elif args.chat:
-        chat = True
-    return make_task(args.task, limit=args.limit, chat=chat, seed=args.seed,
-                     prompt_column=args.prompt_column, reference_column=args.reference_column)
-
-
-def alphas_for(args) -> dict[str, list[float]]:
-    from inference.evaluate import alpha_grid
-
-    explicit = args.alphas or {}
-    unknown = set(explicit) - set(HAND_SET_RULES)
-    if unknown:
-        raise DeferralError(f"alphas given for unknown rule(s) {sorted(unknown)}: use {', '.join(HAND_SET_RULES)}")
-    return {r: explicit.get(r) or alpha_grid(r, args.alpha_points) for r in args.rules if r in HAND_SET_RULES}
-
-
-def learned_knob(args) -> tuple[str, list[float]] | None:
-    if "learned" not in args.rules:
-        return None
-    if not args.router:
-        raise DeferralError("rule 'learned' needs --router DIR (an export from `deferral export`)")
-    if (args.deferral_rates is None) == (args.thresholds is None):
-        raise DeferralError("rule 'learned' needs exactly one of --deferral-rates or --thresholds")
-    if args.deferral_rates is not None:
-        if not all(0.0 <= r <= 1.0 for r in args.deferral_rates):
-            raise DeferralError(f"--deferral-rates must lie in [0, 1], got {args.deferral_rates}")
-        return "deferral_rate", args.deferral_rates
-    return "threshold", args.thresholds
-
-
-def block_rules(args) -> frozenset[str]:
-    """{"learned"} when the router reads look-ahead features (no sequential form), else empty."""
-    if "learned" not in args.rules or not args.router:
-        return frozenset()
-    from deferral.features import FeatureSpec
-    from deferral.router import read_router_meta
-
-    spec = read_router_meta(args.router).get("feature_spec") or {}
-    uses_block = "version" in spec and FeatureSpec.from_dict(spec).block_features
-    return frozenset({"learned"}) if uses_block else frozenset()
-
-
 def main(argv: list[str]) -> int:
     args = parse(build_parser(), argv)
     args.no_mlflow = args.no_mlflow or tracking_off(args.tracking_uri)  # --no-mlflow: the older spelling
@@ -158,52 +106,6 @@ def main(argv: list[str]) -> int:
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads or default_threads())
     try:
-        return evaluate(args)
+        return evaluate(args)  # inference/evaluate_run.py
     finally:
         torch.set_num_threads(before)  # the caller's setting, when called in-process
-
-
-def evaluate(args) -> int:
-    from deferral.pair import load_pair
-    from inference.evaluate import REFERENCE_RULES, plan_sweep
-    from inference.report import summaries, write_report
-
-    cfg = decode_config(args)
-    ks = args.draft_tokens_list or [args.draft_tokens]
-    points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args), block_rules(args))
-    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
-    if "learned" in args.rules:  # a router for another pair fails now, not after the reference rows
-        from inference.learned import check_router
-
-        check_router(args.router, pair)
-    task = make_task_from_args(args, pair)
-    if args.task == "humaneval":
-        task.unsafe_allow_network = args.unsafe_allow_network
-    setup = {
-        "pair": pair.identity(),
-        "task": task.describe(),
-        "decode": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
-                   "seed": cfg.seed},
-        "batch_size": args.batch_size,
-        "fidelity": not args.no_fidelity,
-    }
-    if "learned" in args.rules:
-        setup[ROUTER_KEY] = router_identity(args.router)
-    store = ResultsStore(Path(args.out), setup)
-    examples = task.examples()
-    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
-    if args.references_from:
-        store.adopt(Path(args.references_from), [p.key for p in points if p.rule in REFERENCE_RULES])
-    print(timing_setup(args), file=sys.stderr)
-    sweep(args, pair, task, store, points, cfg, examples, prompts)
-    time_sweep(args, pair, store, points, cfg, prompts)
-    wanted = {p.key for p in points}
-    rows = [r for r in store.rows if r["key"] in wanted]
-    name = run_name(args, pair, task)
-    paths = write_report(rows, store.out, name)
-    print(paths["tables"].read_text())
-    if not args.no_mlflow:
-        run_id = log_to_mlflow(args, store, name, paths, summaries(rows))
-        print(f"MLflow run {run_id} in {args.tracking_uri} (experiment '{args.experiment}')", file=sys.stderr)
-    print(f"wrote {', '.join(str(p) for p in [store.results, *paths.values()])}", file=sys.stderr)
-    return 0

@@ -1,6 +1,6 @@
 """How `deferral evaluate` runs once its flags are checked: decode every point of the sweep into the
 results store, time the points interleaved and repeated, and log the run to MLflow. `args` is the
-parsed namespace of inference/evaluate_cli.py."""
+parsed namespace of inference/evaluate_cli.py (its SweepOptions, RunOptions, pair and decode flags)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from deferral.errors import DeferralError
 from deferral.outputs import quiet_mlflow
-from inference.results_store import ResultsStore
+from deferral.rules import HAND_SET_RULES
+from inference.generate import decode_config
+from inference.results_store import ROUTER_KEY, ResultsStore
+from inference.runner import encode_prompts
 from inference.timing import TIMINGS_FILE
 
 LOGGED_REFERENCE_KEYS = ("quality", "relative_latency", "relative_latency_low", "relative_latency_high")
@@ -151,3 +155,97 @@ def log_to_mlflow(args, store: ResultsStore, name: str, paths: dict, summaries: 
         for path in [store.results, store.meta_path, *paths.values(), *([timings] if timings.is_file() else [])]:
             mlflow.log_artifact(str(path))
     return run.info.run_id
+
+
+def make_task_from_args(args, pair):
+    from inference.tasks import make_task
+
+    chat = None
+    if args.task == "humaneval":
+        chat = bool(getattr(pair.tokenizer, "chat_template", None)) and not args.raw_prompts
+    elif args.chat:
+        chat = True
+    return make_task(args.task, limit=args.limit, chat=chat, seed=args.seed,
+                     prompt_column=args.prompt_column, reference_column=args.reference_column)
+
+
+def alphas_for(args) -> dict[str, list[float]]:
+    from inference.evaluate import alpha_grid
+
+    explicit = args.alphas or {}
+    unknown = set(explicit) - set(HAND_SET_RULES)
+    if unknown:
+        raise DeferralError(f"alphas given for unknown rule(s) {sorted(unknown)}: use {', '.join(HAND_SET_RULES)}")
+    return {r: explicit.get(r) or alpha_grid(r, args.alpha_points) for r in args.rules if r in HAND_SET_RULES}
+
+
+def learned_knob(args) -> tuple[str, list[float]] | None:
+    if "learned" not in args.rules:
+        return None
+    if not args.router:
+        raise DeferralError("rule 'learned' needs --router DIR (an export from `deferral export`)")
+    if (args.deferral_rates is None) == (args.thresholds is None):
+        raise DeferralError("rule 'learned' needs exactly one of --deferral-rates or --thresholds")
+    if args.deferral_rates is not None:
+        if not all(0.0 <= r <= 1.0 for r in args.deferral_rates):
+            raise DeferralError(f"--deferral-rates must lie in [0, 1], got {args.deferral_rates}")
+        return "deferral_rate", args.deferral_rates
+    return "threshold", args.thresholds
+
+
+def block_rules(args) -> frozenset[str]:
+    """{"learned"} when the router reads look-ahead features (no sequential form), else empty."""
+    if "learned" not in args.rules or not args.router:
+        return frozenset()
+    from deferral.features import FeatureSpec
+    from deferral.router import read_router_meta
+
+    spec = read_router_meta(args.router).get("feature_spec") or {}
+    uses_block = "version" in spec and FeatureSpec.from_dict(spec).block_features
+    return frozenset({"learned"}) if uses_block else frozenset()
+
+
+def evaluate(args) -> int:
+    from deferral.pair import load_pair
+    from inference.evaluate import REFERENCE_RULES, plan_sweep
+    from inference.report import summaries, write_report
+
+    cfg = decode_config(args)
+    ks = args.draft_tokens_list or [args.draft_tokens]
+    points = plan_sweep(args.rules, args.modes, ks, alphas_for(args), learned_knob(args), block_rules(args))
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
+    if "learned" in args.rules:  # a router for another pair fails now, not after the reference rows
+        from inference.learned import check_router
+
+        check_router(args.router, pair)
+    task = make_task_from_args(args, pair)
+    if args.task == "humaneval":
+        task.unsafe_allow_network = args.unsafe_allow_network
+    setup = {
+        "pair": pair.identity(),
+        "task": task.describe(),
+        "decode": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                   "seed": cfg.seed},
+        "batch_size": args.batch_size,
+        "fidelity": not args.no_fidelity,
+    }
+    if "learned" in args.rules:
+        setup[ROUTER_KEY] = router_identity(args.router)
+    store = ResultsStore(Path(args.out), setup)
+    examples = task.examples()
+    prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    if args.references_from:
+        store.adopt(Path(args.references_from), [p.key for p in points if p.rule in REFERENCE_RULES])
+    print(timing_setup(args), file=sys.stderr)
+    sweep(args, pair, task, store, points, cfg, examples, prompts)
+    time_sweep(args, pair, store, points, cfg, prompts)
+    wanted = {p.key for p in points}
+    rows = [r for r in store.rows if r["key"] in wanted]
+    name = run_name(args, pair, task)
+    paths = write_report(rows, store.out, name)
+    print(paths["tables"].read_text())
+    if not args.no_mlflow:
+        run_id = log_to_mlflow(args, store, name, paths, summaries(rows))
+        print(f"MLflow run {run_id} in {args.tracking_uri} (experiment '{args.experiment}')", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in [store.results, *paths.values()])}", file=sys.stderr)
+    return 0

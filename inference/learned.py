@@ -40,10 +40,15 @@ def router_decision(meta: dict) -> str:
     return str(meta.get("decision", "score"))
 
 
+def neutral_threshold(objective: str | None) -> float:
+    """The threshold that means "no preference" for an objective: probability 0.5 for a classifier,
+    a gain (or harm) of 0 for a regressor."""
+    return 0.5 if objective == "classify" else 0.0
+
+
 def default_threshold(meta: dict) -> float:
-    """The export's own threshold (set by `deferral export` from its calibration), else the neutral
-    one of its objective: probability 0.5 for a classifier, a gain of 0 for a regressor."""
-    return float(meta.get("default_threshold", 0.5 if meta.get("objective") == "classify" else 0.0))
+    """The export's own threshold (set by `deferral export` from its calibration), else the neutral one."""
+    return float(meta.get("default_threshold", neutral_threshold(meta.get("objective"))))
 
 
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:

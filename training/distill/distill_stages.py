@@ -13,9 +13,12 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from deferral.errors import DeferralError
+from deferral.pair import pad_id_of
 
 
 def _separator(tokenizer) -> int:
+    """The token between two documents packed into one training row: where a text ends, so EOS first
+    (a drafter learns to predict the end of a reply); generation stops at it too."""
     for candidate in (tokenizer.eos_token_id, tokenizer.pad_token_id, 0):
         if candidate is not None:
             return int(candidate)
@@ -72,7 +75,7 @@ def prepare_onpolicy(args, target, corpus: dict, path: Path) -> dict:
     prompts += raw_prefixes(train_pool, args.raw_prompts, args.prefix_tokens, gen)
     heldout_prompts = chat_encode(tok, corpus["chat_heldout"], args.max_prompt_tokens)
     common = dict(max_new_tokens=args.new_tokens, batch_size=args.generate_batch_size,
-                  temperature=args.onpolicy_temperature, pad_id=sep, eos_ids=eos)
+                  temperature=args.onpolicy_temperature, pad_id=pad_id_of(tok), eos_ids=eos)
     device = next(target.model.parameters()).device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         seqs = continuations(target.model, prompts, seed=args.seed, **common) if prompts else []

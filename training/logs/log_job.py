@@ -290,5 +290,5 @@ def track(args, job: LogJob, stats: dict, progress: dict) -> None:
     except Exception as exc:  # a broken tracking store must not lose a finished dataset
         raise DeferralError(
             f"the dataset in {args.out} is complete, but MLflow tracking at {args.tracking_uri} failed "
-            f"({type(exc).__name__}: {exc}): fix --tracking-uri or pass --no-tracking"
+            f"({type(exc).__name__}: {exc}): fix --tracking-uri or pass --tracking-uri none"
         ) from None

@@ -23,6 +23,7 @@ from deferral.outputs import DEFAULT_TRACKING_URI
 from deferral.router import Router, RouterConfig, save_router
 from deferral.rules import DEFAULT_CANDIDATES
 from deferral.calibration import threshold_for_rate
+from inference.learned import neutral_threshold
 from training.router.module import DEFAULT_DEFERRAL_RATE
 
 CHECKPOINT_KEY = "deferral"  # = training.router.module.CHECKPOINT_KEY (not imported: keeps lightning out)
@@ -77,7 +78,7 @@ def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = No
     if hp["objective"] == "classify" and calibration:
         default_threshold = threshold_for_rate(calibration, float(hp.get("default_deferral_rate", DEFAULT_DEFERRAL_RATE)))
     else:
-        default_threshold = 0.0 if hp["objective"] == "regress" else 0.5
+        default_threshold = neutral_threshold(hp["objective"])
     data = extra.get("data") or {}
     return {
         "feature_spec": extra["feature_spec"],
@@ -175,7 +176,7 @@ def _limits_text(meta: dict, data: dict) -> str:
         lines.append("- Reads look-ahead over the drafted block: it scores the drafted token only, runs in the speculative")
         lines.append("  loop only (the sequential cascade refuses it), and defers at a position with no drafted token.")
     else:
-        lines.append(f"- Scores the drafter's top {meta.get('candidates', 1)} token(s) per position; the rule defers every other "
+        lines.append(f"- Scores the drafter's top {meta.get('candidates', DEFAULT_CANDIDATES)} token(s) per position; the rule defers every other "
                      "sampled token.")
     if spec.get("target_hidden") or spec.get("drafter_hidden"):
         lines.append("- Reads hidden states, which the decode loop takes from the passes it already runs.")
