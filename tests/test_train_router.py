@@ -114,7 +114,7 @@ def test_tracking_none_trains_and_exports_without_a_store(trained, tmp_path):
     root = tmp_path / "run"
     rc = deferral(
         ["train", "fit", "--config", CONFIG, "--data.path", str(log_dir), "--trainer.max_epochs", "1",
-         "--trainer.default_root_dir", str(root), "--data.target", "gap_nll", "--mlflow.tracking_uri", "none",
+         "--trainer.default_root_dir", str(root), "--data.target", "gap_nll", "--tracking-uri", "none",  # the spelling of every command
          "--trainer.enable_progress_bar", "false"]
     )
     assert rc == 0

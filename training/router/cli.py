@@ -181,13 +181,26 @@ def main(argv: list[str]) -> int:
     RouterCLI(
         RouterModule,
         FeatureDataModule,
-        args=argv,
+        args=tracking_alias(argv),
         seed_everything_default=1234,
         save_config_callback=tracking.MLflowSaveConfig,
         save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
         parser_kwargs={"prog": "deferral train"},
     )
     return 0
+
+
+def tracking_alias(argv: list[str]) -> list[str]:
+    """`--tracking-uri X` (the spelling of every other command) as LightningCLI's `--mlflow.tracking_uri X`."""
+    out = []
+    for arg in argv:
+        if arg == "--tracking-uri":
+            out.append("--mlflow.tracking_uri")
+        elif arg.startswith("--tracking-uri="):
+            out.append("--mlflow.tracking_uri=" + arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+    return out
 
 
 def check_settings(cfg) -> None:
