@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -154,21 +155,30 @@ def bench_decode(args) -> dict:
     prompts = encode_prompts(pair, PROMPTS[: args.prompts], chat=False)
     cfg = DecodeConfig(draft_tokens=5, temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     run(pair, rule, prompts[:1], DecodeConfig(draft_tokens=5, max_new_tokens=4), batch_size=1)  # warm-up
-    spent.update(rule=0.0, scorer=0.0, features=0.0, lookahead=0.0, calls=0)
-    start = time.perf_counter()
-    gens = run(pair, rule, prompts, cfg, batch_size=1)
-    wall = time.perf_counter() - start
+    runs = []
+    for _ in range(args.repeats):  # the same decode again: the share's spread on this machine
+        spent.update(rule=0.0, scorer=0.0, features=0.0, lookahead=0.0, calls=0)
+        start = time.perf_counter()
+        gens = run(pair, rule, prompts, cfg, batch_size=1)
+        wall = time.perf_counter() - start
+        runs.append({"wall": wall, **spent})
+    runs.sort(key=lambda r: (r["rule"] + r["lookahead"]) / r["wall"])
+    shares = [(r["rule"] + r["lookahead"]) / r["wall"] for r in runs]
+    mid = runs[len(runs) // 2]  # the split of the (upper) median run
+    wall = mid["wall"]
     tokens = sum(g.stats.new_tokens for g in gens)
     return {
-        "prompts": len(prompts), "new_tokens": tokens, "wall_s": round(wall, 2),
-        "learned_rule_s": round(spent["rule"], 3), "features_s": round(spent["features"], 3),
-        "router_s": round(spent["scorer"], 3),
-        "lookahead_s": round(spent["lookahead"], 3),
-        # the decision's whole cost: the rule (features + router) plus the loop's look-ahead for it
-        "decision_share": round((spent["rule"] + spent["lookahead"]) / wall, 4),
-        "learned_rule_share": round(spent["rule"] / wall, 4), "features_share": round(spent["features"] / wall, 4),
-        "router_share": round(spent["scorer"] / wall, 4),
-        "rule_calls": spent["calls"], "threshold": rule.threshold,
+        "prompts": len(prompts), "new_tokens": tokens, "repeats": args.repeats, "wall_s": round(wall, 2),
+        "learned_rule_s": round(mid["rule"], 3), "features_s": round(mid["features"], 3),
+        "router_s": round(mid["scorer"], 3),
+        "lookahead_s": round(mid["lookahead"], 3),
+        # the decision's whole cost: the rule (features + router) plus the loop's look-ahead for it;
+        # median over repeats, with the lowest and highest share
+        "decision_share": round(statistics.median(shares), 4),
+        "decision_share_low": round(shares[0], 4), "decision_share_high": round(shares[-1], 4),
+        "learned_rule_share": round(mid["rule"] / wall, 4), "features_share": round(mid["features"] / wall, 4),
+        "router_share": round(mid["scorer"] / wall, 4),
+        "rule_calls": mid["calls"], "threshold": rule.threshold,
         "deferred": sum(g.stats.deferred for g in gens), "drafted": sum(g.stats.drafted for g in gens),
     }
 
@@ -192,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--threshold", type=float, default=None, help="instead of --deferral-rate")
     d.add_argument("--prompts", type=int, default=4)
     d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--repeats", type=int, default=3, help="timed decodes (the share's median and spread)")
     args = parser.parse_args(argv)
     if args.what == "npz":
         save_npz(args.data, args.out)
