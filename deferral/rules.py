@@ -14,6 +14,7 @@ what π mixes; confidence terms (max q, max p, p(v)) use the plain softmax q_con
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from abc import ABC, abstractmethod
@@ -24,33 +25,49 @@ import torch
 
 from deferral.errors import DeferralError
 from deferral.features import FeatureSpec, Lookahead, agree_run, compute_features, no_lookahead
-from deferral.probs import total_variation
+from deferral.probs import sampling_probs, softmax_fp32, total_variation
 
 
 @dataclass
 class StepDistributions:
     """What a rule sees at N positions (a batch of rows x drafted positions, flattened).
 
-    q_sample, p_sample: (N, V) sampling distributions (temperature, top-p; one-hot at T = 0).
-    q_conf, p_conf:     (N, V) confidence distributions (softmax at temperature 1).
-    q_logits, p_logits: (N, V) raw logits, for the learned rule's features.
+    q_logits, p_logits: (N, V) raw logits of drafter and target.
     drafted:            (N,) the drafted token at each position (-1 where there is none, e.g. bonus).
+    temperature, top_p: the sampling settings the sampling distributions follow.
     drafter_hidden, target_hidden: optional (N, H) last hidden states, for routers that use them: the
         drafter's state that produced q, the target's state (from the verify pass) that produced p.
     lookahead: optional Lookahead over the drafted tokens after each position in its block (see
         deferral.features.block_lookahead); given to rules with `uses_lookahead`.
+    Derived on first read and then kept (a rule that needs fewer builds fewer (N, V) tensors):
+    q_sample, p_sample: (N, V) sampling distributions (temperature, top-p; one-hot at T = 0).
+    q_conf, p_conf:     (N, V) confidence distributions (softmax at temperature 1).
     """
 
-    q_sample: torch.Tensor
-    p_sample: torch.Tensor
-    q_conf: torch.Tensor
-    p_conf: torch.Tensor
     q_logits: torch.Tensor
     p_logits: torch.Tensor
     drafted: torch.Tensor
+    temperature: float = 1.0
+    top_p: float = 1.0
     drafter_hidden: torch.Tensor | None = None
     target_hidden: torch.Tensor | None = None
     lookahead: Lookahead | None = None
+
+    @functools.cached_property
+    def q_sample(self) -> torch.Tensor:
+        return sampling_probs(self.q_logits, self.temperature, self.top_p)
+
+    @functools.cached_property
+    def p_sample(self) -> torch.Tensor:
+        return sampling_probs(self.p_logits, self.temperature, self.top_p)
+
+    @functools.cached_property
+    def q_conf(self) -> torch.Tensor:
+        return softmax_fp32(self.q_logits)
+
+    @functools.cached_property
+    def p_conf(self) -> torch.Tensor:
+        return softmax_fp32(self.p_logits)
 
 
 @dataclass
@@ -68,14 +85,17 @@ def mixture(d: StepDistributions, defer: torch.Tensor) -> RuleOutput:
     return RuleOutput(pi=(1 - w) * d.q_sample + w * d.p_sample, deferred=defer)
 
 
+def drafted_column(d: StepDistributions, values: torch.Tensor) -> torch.Tensor:
+    """(N,) the drafted token's entry of an (N, V) tensor (token 0 where none was drafted)."""
+    return values.gather(-1, d.drafted.clamp_min(0)[:, None]).squeeze(-1)
+
+
 def token_specific(d: StepDistributions, acceptable: torch.Tensor) -> RuleOutput:
     """π(v) = q(v)·1[v ∈ A] + Q_rej·p(v) for an acceptable set A given as an (N, V) bool mask."""
     kept_q = d.q_sample * acceptable
     q_rejected = (1.0 - kept_q.sum(-1, keepdim=True)).clamp_min(0.0)  # Q_rej: (N, 1)
     pi = kept_q + q_rejected * d.p_sample
-    drafted = d.drafted.clamp_min(0)[:, None]
-    deferred = ~acceptable.gather(-1, drafted).squeeze(-1)
-    return RuleOutput(pi=pi, deferred=deferred)
+    return RuleOutput(pi=pi, deferred=~drafted_column(d, acceptable))
 
 
 class DeferralRule(ABC):
@@ -101,8 +121,18 @@ class DeferralRule(ABC):
     #: bonus token and accepts a greedy draft by argmax match).
     lossless: bool = False
 
+    #: True where `target` is a keep-or-defer decision about the drafted token (built by `mixture` or
+    #: `token_specific`): at temperature 0 a draft is then kept iff the rule keeps it or it is the
+    #: target's argmax, and the decode loop needs only `defers(d)`, not π.
+    decides: bool = True
+
     def __init__(self, alpha: float | None = None):
         self.alpha = float(alpha) if alpha is not None else float(self.default_alpha)
+
+    def defers(self, d: "StepDistributions") -> torch.Tensor:
+        """(N,) bool, equal to target(d).deferred: where the drafted token is not kept. Rules override it
+        to decide without building π over the vocabulary."""
+        return self.target(d).deferred
 
     default_alpha: float = 0.5
 
@@ -182,6 +212,14 @@ def _token_stats(d: StepDistributions) -> dict:
     return {"q_tok": d.q_conf, "p_tok": d.p_conf, "p_top1": d.p_conf.max(-1, keepdim=True).values}
 
 
+def _drafted_stats(d: StepDistributions, *names: str) -> dict:
+    """The `names` of _token_stats for the drafted token only: (N,) q(x), p(x), max p (the same
+    numbers, gathered; only the distributions these need are built)."""
+    make = {"q_tok": lambda: drafted_column(d, d.q_conf), "p_tok": lambda: drafted_column(d, d.p_conf),
+            "p_top1": lambda: d.p_conf.max(-1).values}
+    return {name: make[name]() for name in names}
+
+
 class Chow(DeferralRule):
     """Eq. 2: defer iff max q < 1 − α.  α = 0: speculative decoding; α = 1: drafter."""
 
@@ -189,8 +227,11 @@ class Chow(DeferralRule):
     needs_target = False
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 1.0
 
+    def defers(self, d):
+        return chow_statistic(_position_stats(d)) > self.alpha
+
     def target(self, d):
-        return mixture(d, chow_statistic(_position_stats(d)) > self.alpha)
+        return mixture(d, self.defers(d))
 
 
 class Diff(DeferralRule):
@@ -200,8 +241,11 @@ class Diff(DeferralRule):
     alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
     default_alpha = 0.0
 
+    def defers(self, d):
+        return diff_statistic(_position_stats(d)) > self.alpha
+
     def target(self, d):
-        return mixture(d, diff_statistic(_position_stats(d)) > self.alpha)
+        return mixture(d, self.defers(d))
 
 
 class Opt(DeferralRule):
@@ -214,9 +258,12 @@ class Opt(DeferralRule):
     alpha_range, alpha_speculative, alpha_drafter = (-10.0, 10.0), -1e9, 1e9
     default_alpha = 0.5
 
-    def target(self, d):
+    def defers(self, d):
         s = {**_position_stats(d), "tv": total_variation(d.q_sample, d.p_sample)}
-        return mixture(d, opt_margin(s, self.alpha) > 0)
+        return opt_margin(s, self.alpha) > 0
+
+    def target(self, d):
+        return mixture(d, self.defers(d))
 
 
 class TokenV1(DeferralRule):
@@ -225,6 +272,9 @@ class TokenV1(DeferralRule):
     name = "token-v1"
     alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
     default_alpha = 0.0
+
+    def defers(self, d):
+        return ~(token_v1_statistic(_drafted_stats(d, "q_tok", "p_top1")) <= self.alpha)
 
     def target(self, d):
         return token_specific(d, token_v1_statistic(_token_stats(d)) <= self.alpha)
@@ -236,6 +286,9 @@ class TokenV2(DeferralRule):
     name = "token-v2"
     alpha_range, alpha_speculative, alpha_drafter = (-1.0, 1.0), -1.0, 1.0
     default_alpha = 0.0
+
+    def defers(self, d):
+        return ~(token_v2_statistic(_drafted_stats(d, "p_tok", "p_top1")) <= self.alpha)
 
     def target(self, d):
         return token_specific(d, token_v2_statistic(_token_stats(d)) <= self.alpha)
@@ -251,6 +304,9 @@ class TokenV3(DeferralRule):
     name = "token-v3"
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), -1.0, 1.0
 
+    def defers(self, d):
+        return ~(token_v3_statistic(_drafted_stats(d, "p_tok", "p_top1")) <= self.alpha)
+
     def target(self, d):
         return token_specific(d, token_v3_statistic(_token_stats(d)) <= self.alpha)
 
@@ -262,6 +318,7 @@ class LossySpeculative(DeferralRule):
 
     name = "lossy"
     alpha_range, alpha_speculative, alpha_drafter = (0.0, 1.0), 0.0, 1.0
+    decides = False  # π is not a keep-or-defer mixture: acceptance needs π itself
     _BISECTION_STEPS = 40
 
     def target(self, d):
@@ -341,7 +398,8 @@ class Learned(DeferralRule):
                                      ("target", self.feature_spec.target_hidden)) if width
         )
 
-    def target(self, d):
+    def _keep(self, d) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cand (N, C) token ids scored, keep (N, C) bool: the rule keeps that candidate)."""
         n, v = d.q_conf.shape
         if self.feature_spec.block_features:
             # Look-ahead describes the drafted token's own continuation: score that token only
@@ -361,8 +419,17 @@ class Learned(DeferralRule):
         keep = scores <= limit  # (N, C)
         if self.feature_spec.block_features:
             keep &= d.drafted[:, None] >= 0
-        acceptable = torch.zeros(n, v, dtype=torch.bool, device=keep.device).scatter(-1, cand, keep)
+        return cand, keep
+
+    def target(self, d):
+        cand, keep = self._keep(d)
+        acceptable = torch.zeros(d.q_conf.shape, dtype=torch.bool, device=keep.device).scatter(-1, cand, keep)
         return token_specific(d, acceptable)
+
+    def defers(self, d):
+        cand, keep = self._keep(d)
+        drafted = d.drafted.clamp_min(0)[:, None].to(cand.device)  # as token_specific reads it
+        return ~((cand == drafted) & keep).any(-1)
 
     def __repr__(self) -> str:
         return (f"Learned(threshold={self.threshold}, alpha={self.alpha}, candidates={self.candidates}, "
@@ -393,13 +460,16 @@ class KLJudge(DeferralRule):
             raise DeferralError(f"the KL judge's guard is a probability in [0, 1], got {guard}")
         self.guard = float(guard)
 
-    def target(self, d):
+    def defers(self, d):
         logq = torch.log_softmax(d.q_logits.float(), -1)
         logp = torch.log_softmax(d.p_logits.float(), -1)
         q = logq.exp()
         kl = torch.where(q > 0, q * (logq - logp), torch.zeros_like(q)).sum(-1)  # (N,)
         guarded = d.p_conf.max(-1).values > self.guard
-        return mixture(d, (kl > self.alpha) | guarded)
+        return (kl > self.alpha) | guarded
+
+    def target(self, d):
+        return mixture(d, self.defers(d))
 
     def __repr__(self) -> str:
         return f"KLJudge(alpha={self.alpha}, guard={self.guard})"
@@ -481,6 +551,9 @@ class FLy(DeferralRule):
         self.uses_lookahead = self.window > 0  # window 0: the entropy gate alone
 
     def target(self, d):
+        return mixture(d, self.defers(d))
+
+    def defers(self, d):
         logp = torch.log_softmax(d.p_logits.float(), -1)
         top = logp.topk(min(self.ENTROPY_TOP_K, logp.shape[-1]), -1).values  # (N, 3)
         top_entropy = -torch.where(top > -torch.inf, top.exp() * top, torch.zeros_like(top)).sum(-1)  # (N,)
@@ -496,7 +569,7 @@ class FLy(DeferralRule):
                     )
                 converges = (ahead.agree[:, : self.window] & ahead.valid[:, : self.window]).all(-1)
                 keep &= converges.to(keep.device)
-        return mixture(d, ~keep)
+        return ~keep
 
     def __repr__(self) -> str:
         return f"FLy(alpha={self.alpha}, window={self.window})"

@@ -14,7 +14,9 @@ Two savings keep the loop close to the cost of its forward passes:
 - the bonus token's π needs q at position k + 1 only when the rule reads q there. Lossless
   speculative decoding (π = p) does not, so the drafter skips feeding the last draft and takes it
   together with the bonus token (two tokens in one forward) at the start of the next step;
-- greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions.
+- greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions;
+  greedy decoding under any keep-or-defer rule asks the rule for its decision only (`defers`), and
+  builds π only for the bonus token.
 """
 
 from __future__ import annotations
@@ -46,13 +48,11 @@ def rule_inputs(
     """StepDistributions for N positions from (N, V) logits of both models and (N,) drafted tokens
     (plus, for rules that read them, (N, H) hidden states and the block's look-ahead)."""
     return StepDistributions(
-        q_sample=sampling_probs(q_logits, cfg.temperature, cfg.top_p),
-        p_sample=sampling_probs(p_logits, cfg.temperature, cfg.top_p),
-        q_conf=softmax_fp32(q_logits),
-        p_conf=softmax_fp32(p_logits),
         q_logits=q_logits,
         p_logits=p_logits,
         drafted=drafted,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
         drafter_hidden=drafter_hidden,
         target_hidden=target_hidden,
         lookahead=lookahead,
@@ -101,7 +101,8 @@ class SpeculativeDecoder:
     """
 
     @torch.inference_mode()
-    def __init__(self, drafter, target, rule, prompts, cfg, tokens: TokenSpace, observer=None, phases=None):
+    def __init__(self, drafter, target, rule, prompts, cfg, tokens: TokenSpace, observer=None, phases=None,
+                 greedy_decisions: bool = True):
         self.rule, self.cfg = rule, cfg
         self.phases = phases or NO_PHASES  # a PhaseTimer adds up each phase's wall time (inference/phases.py)
         self.prompts, self.observer = prompts, observer
@@ -113,6 +114,7 @@ class SpeculativeDecoder:
         self.pad_id = tokens.pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.lossless = rule.lossless  # π = p: the bonus token needs no q; greedy acceptance is an argmax match
+        self.greedy_decisions = greedy_decisions  # False: build π even at T = 0 (the two paths are tested equal)
         self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
         ids, valid = left_pad(prompts, tokens.pad_id, self.device)
         prefill(self.d_lm, ids, valid)
@@ -220,11 +222,21 @@ class SpeculativeDecoder:
                 target_hidden=p_hidden[:, :k].flatten(0, 1) if "target" in rule.hidden_needed else None,
                 lookahead=block_lookahead(p_logits[:, :k], drafts) if rule.uses_lookahead else None,
             )
-            out = rule.target(d)
-            pi, q_sample = out.pi.view(b, k, -1), d.q_sample.view(b, k, -1)
-            n_kept = accept_drafts(pi, q_sample, drafts, self.generator)  # (B,)
-            at = n_kept.clamp_max(k - 1)
-            next_token = residual_sample(pi[rows, at], q_sample[rows, at], self.generator)
+            if rule.decides and cfg.temperature <= 0 and self.greedy_decisions:
+                # Greedy, keep-or-defer rule: π(x) is 1 where the rule keeps x or x is the target's
+                # argmax and 0 elsewhere, and the residual at the first rejection is the target's
+                # argmax, so only the decision is needed, not π over the vocabulary.
+                deferred = rule.defers(d).view(b, k)
+                p_arg = p_logits[:, :k].argmax(-1)  # (B, k)
+                n_kept = (~deferred | (drafts == p_arg)).long().cumprod(-1).sum(-1)  # (B,)
+                next_token = p_arg[rows, n_kept.clamp_max(k - 1)]
+            else:
+                out = rule.target(d)
+                deferred = out.deferred.view(b, k)
+                pi, q_sample = out.pi.view(b, k, -1), d.q_sample.view(b, k, -1)
+                n_kept = accept_drafts(pi, q_sample, drafts, self.generator)  # (B,)
+                at = n_kept.clamp_max(k - 1)
+                next_token = residual_sample(pi[rows, at], q_sample[rows, at], self.generator)
             all_kept = n_kept == k
             if bool(all_kept.any()):
                 if self.lossless:  # π = p: the bonus needs no q
@@ -242,7 +254,6 @@ class SpeculativeDecoder:
                     )
                     bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
                 next_token = torch.where(all_kept, bonus, next_token)
-            deferred = out.deferred.view(b, k)
         return n_kept, next_token, deferred, fed_last, q_after
 
     def _finish_step(self, drafts, n_kept, next_token, deferred, fed_last: bool) -> None:

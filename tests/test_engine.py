@@ -255,3 +255,31 @@ def test_phase_timer_splits_a_step_without_changing_the_output(tiny_pair):
         total = sum(timer.seconds.values())
         assert total <= wall
         assert timer.shares() == pytest.approx({name: v / total for name, v in timer.seconds.items()})
+
+
+# (pair, rule, α) where the rule keeps some mismatches and defers others on these prompts
+@pytest.mark.parametrize("case", [("random", "token-v1", 0.0), ("random", "diff", 0.0), ("random", "opt", 0.0),
+                                  ("random", "kl", 0.33), ("random", "typical", 0.5), ("random", "token-v3", 0.67),
+                                  ("noisy", "token-v3", 0.17), ("noisy", "fly", 0.0)], ids=str)
+def test_greedy_decisions_equal_the_full_acceptance_step(pairs, case):
+    """At temperature 0 the loop asks a keep-or-defer rule for its decision only; the tokens and every
+    counter equal those of the full step (π built, accept/resample), batched with left padding."""
+    pair_name, *rule = case
+    pair = pairs[pair_name]
+    prompts = encode_prompts(pair, TEXTS)
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=4)
+
+    def decode_with(greedy_decisions):
+        dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, make_rule(*rule), prompts, cfg,
+                                 TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context),
+                                 greedy_decisions=greedy_decisions)
+        while dec.active:
+            dec.step()
+        return dec.state.results()
+
+    fast, full = decode_with(True), decode_with(False)
+    assert tokens(fast) == tokens(full)
+    assert [g.stats.as_dict() | {"wall_s": 0} for g in fast] == [g.stats.as_dict() | {"wall_s": 0} for g in full]
+    drafted, accepted = sum(g.stats.drafted for g in fast), sum(g.stats.accepted for g in fast)
+    deferred, examined = sum(g.stats.deferred for g in fast), sum(g.stats.examined for g in fast)
+    assert 0 < accepted < drafted and 0 < deferred < examined, (drafted, accepted, deferred, examined)

@@ -330,3 +330,22 @@ def test_per_token_gained_needs_block_features_and_known_decisions():
         Learned(lambda f: f[:, 0], threshold=0.1, decision="per_token_gained")
     with pytest.raises(DeferralError, match="unknown learned decision 'gain'"):
         Learned(lambda f: f[:, 0], threshold=0.1, feature_spec=FeatureSpec(lookahead=True), decision="gain")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("rule", every_rule(), ids=repr)
+def test_defers_is_target_deferred(rule, temperature):
+    """A rule's cheap decision equals the `deferred` of its full π, position by position."""
+    q, p = random_logits(32, seed=7)
+    d = in_blocks(inputs(q, p, temperature=temperature))
+    assert torch.equal(rule.defers(d), rule.target(d).deferred)
+
+
+@pytest.mark.parametrize("decision", Learned.DECISIONS)
+def test_defers_of_a_block_router_is_target_deferred(decision):
+    q, p = random_logits(32, seed=8)
+    d = in_blocks(inputs(q, p, temperature=0.0))
+    scores = torch.linspace(0.0, 1.0, 32)
+    rule = Learned(lambda f: scores, threshold=0.3, feature_spec=FeatureSpec(lookahead=True), decision=decision)
+    deferred = rule.target(d).deferred
+    assert torch.equal(rule.defers(d), deferred) and 0 < deferred.float().mean() < 1
