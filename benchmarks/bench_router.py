@@ -114,7 +114,7 @@ def bench_decode(args) -> dict:
     pair = load_pair(args.drafter, args.target)
     rule = load_learned_rule(args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate)
     spent = {"rule": 0.0, "scorer": 0.0, "features": 0.0, "lookahead": 0.0, "calls": 0}
-    inner_target, inner_scorer = rule.target, rule.scorer
+    inner_target, inner_defers, inner_scorer = rule.target, rule.defers, rule.scorer
 
     def timed_scorer(x):
         t0 = time.perf_counter()
@@ -122,12 +122,14 @@ def bench_decode(args) -> dict:
         spent["scorer"] += time.perf_counter() - t0
         return out
 
-    def timed_target(d):
-        t0 = time.perf_counter()
-        out = inner_target(d)
-        spent["rule"] += time.perf_counter() - t0
-        spent["calls"] += 1
-        return out
+    def timed(inner):  # the rule's two entry points: defers (greedy decisions) and target (π)
+        def call(d):
+            t0 = time.perf_counter()
+            out = inner(d)
+            spent["rule"] += time.perf_counter() - t0
+            spent["calls"] += 1
+            return out
+        return call
 
     import deferral.rules as rules
 
@@ -151,7 +153,7 @@ def bench_decode(args) -> dict:
         return out
 
     loop.block_lookahead = timed_lookahead
-    rule.scorer, rule.target = timed_scorer, timed_target
+    rule.scorer, rule.target, rule.defers = timed_scorer, timed(inner_target), timed(inner_defers)
     prompts = encode_prompts(pair, PROMPTS[: args.prompts], chat=False)
     cfg = DecodeConfig(draft_tokens=5, temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     run(pair, rule, prompts[:1], DecodeConfig(draft_tokens=5, max_new_tokens=4), batch_size=1)  # warm-up

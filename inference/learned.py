@@ -68,8 +68,8 @@ def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float 
     if decoded and decoded.get("decision", "score") != decision:
         decoded = None
     if deferral_rate is not None and decision != "score" and not (table or decoded):
-        raise DeferralError(f"the router has no calibration table for its '{decision}' decision: pass --threshold, "
-                            "or measure one with `deferral calibrate --router DIR`")
+        raise DeferralError(f"the router has no calibration table for its '{decision}' decision: give a threshold "
+                            "instead of a deferral rate, or measure one with `deferral calibrate --router DIR`")
     if deferral_rate is not None:
         for t in (table, decoded):
             if t and abs(float(t.get("alpha", 0.0)) - alpha) > 1e-12:
@@ -82,7 +82,7 @@ def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float 
             if low - RATE_SLACK <= deferral_rate <= high + RATE_SLACK:
                 return threshold_for_decoded_rate(decoded, deferral_rate)
             if not table:
-                raise DeferralError(f"--deferral-rate {deferral_rate} lies outside the rates measured while decoding "
+                raise DeferralError(f"deferral rate {deferral_rate} lies outside the rates measured while decoding "
                                     f"({low:.2f}-{high:.2f}): ask for one inside, or rerun `deferral calibrate` "
                                     "with it in --rates")
             print(f"warning: --deferral-rate {deferral_rate} lies outside the rates measured while decoding "

@@ -103,3 +103,14 @@ def test_every_flag_is_a_dataclass_field():
         if (found := re.findall(r'add_argument\(\s*"(--[\w-]+)"', path.read_text())) and found != ["--config"] * len(found)
     }
     assert by_hand == {}
+
+
+def test_train_reads_tracking_uri_wherever_it_stands():
+    """`deferral train` takes --tracking-uri like every command: before or after the subcommand, and
+    after a --config file whose value it overrides."""
+    from training.router.cli import tracking_alias
+
+    expected = ["fit", "--config", "c.yaml", "--mlflow.tracking_uri", "none"]
+    assert tracking_alias(["--tracking-uri", "none", "fit", "--config", "c.yaml"]) == expected
+    assert tracking_alias(["fit", "--tracking-uri=none", "--config", "c.yaml"]) == expected
+    assert tracking_alias(["fit", "--config", "c.yaml"]) == ["fit", "--config", "c.yaml"]

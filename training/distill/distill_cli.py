@@ -24,7 +24,6 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from deferral.errors import DeferralError
 from deferral.outputs import DEFAULT_TRACKING_URI, TRACKING_HELP
 from deferral.cli_args import add_config_flags, flag, parse
-from training.distill.distill_stages import fit_and_report, measure, prepare_corpus, prepare_onpolicy
 
 
 @dataclass
@@ -111,6 +110,9 @@ def _check_args(args) -> None:
 def main(argv: list[str]) -> int:
     started = time.time()  # --max-minutes counts from here, data stages included
     args = parse(build_parser(), argv)
+    # the stages load Lightning: only once the flags are known good (--help stays light)
+    from training.distill.distill_stages import fit_and_report, measure, prepare_corpus, prepare_onpolicy
+
     if args.log_run:
         from training.distill.distill_tracking import log_run
 

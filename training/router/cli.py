@@ -191,16 +191,21 @@ def main(argv: list[str]) -> int:
 
 
 def tracking_alias(argv: list[str]) -> list[str]:
-    """`--tracking-uri X` (the spelling of every other command) as LightningCLI's `--mlflow.tracking_uri X`."""
-    out = []
-    for arg in argv:
-        if arg == "--tracking-uri":
-            out.append("--mlflow.tracking_uri")
-        elif arg.startswith("--tracking-uri="):
-            out.append("--mlflow.tracking_uri=" + arg.split("=", 1)[1])
+    """`--tracking-uri X` (the spelling of every other command), wherever it stands, as LightningCLI's
+    `--mlflow.tracking_uri X` at the end (after the subcommand, where LightningCLI reads it)."""
+    rest, uris, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--tracking-uri" and i + 1 < len(argv):
+            uris.append(argv[i + 1])
+            i += 2
+            continue
+        if argv[i].startswith("--tracking-uri="):
+            uris.append(argv[i].split("=", 1)[1])
         else:
-            out.append(arg)
-    return out
+            rest.append(argv[i])
+        i += 1
+    # last, so that it overrides a --config file's value as a flag given after it would
+    return rest + ["--mlflow.tracking_uri", uris[-1]] if uris else rest
 
 
 def check_settings(cfg) -> None:
