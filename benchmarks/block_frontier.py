@@ -80,20 +80,21 @@ def scores(log: dict, held: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 def frontier(log: dict, held: np.ndarray, score: np.ndarray) -> list[tuple[float, float, float, float]]:
     """(tokens per call, kept mismatches, harm, ll drop per block) on held documents, one per threshold."""
-    from training.logs.blocks import replay_blocks
+    from training.logs.blocks import Blocks, replay
 
     rows = held
     mismatch = log["label_mismatch"][rows] > 0
     harm = 1.0 - log["label_rollout_chrf"][rows].astype(np.float64)
     drop = log["label_ll_drop"][rows].astype(np.float64)
     s = score[rows]
+    blocks = Blocks.of(log["doc_id"][rows], log["position"][rows], log["block"])  # once for every threshold
     finite = s[mismatch & np.isfinite(s)]
     points = []
     for cut in np.unique(np.quantile(finite, np.linspace(0.0, 1.0, 201))) if finite.size else []:
-        replay = replay_blocks(log["doc_id"][rows], log["position"][rows], mismatch, s >= cut, log["block"])
-        n = len(replay.tokens)
-        kept = replay.kept_mismatch
-        points.append((replay.tokens_per_call, kept.sum() / n, harm[kept].sum() / n, drop[kept].sum() / n))
+        result = replay(blocks, mismatch, s >= cut)
+        n = len(result.tokens)
+        kept = result.kept_mismatch
+        points.append((result.tokens_per_call, kept.sum() / n, harm[kept].sum() / n, drop[kept].sum() / n))
     return points
 
 

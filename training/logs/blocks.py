@@ -52,11 +52,26 @@ def block_ids(doc_id: np.ndarray, position: np.ndarray, block: int) -> np.ndarra
     return ids
 
 
-def rows_by_block(ids: np.ndarray, position: np.ndarray) -> list[np.ndarray]:
-    """Row indices of each block (ids >= 0), in position order within the block."""
-    order = np.lexsort((position, ids))
-    order = order[ids[order] >= 0]
-    return np.split(order, np.flatnonzero(np.diff(ids[order])) + 1) if len(order) else []
+@dataclass(frozen=True)
+class Blocks:
+    """The verified blocks of a cascade log, recovered once and replayed under any decision.
+
+    order: (R,) row indices of the rows that form blocks, block by block, in position order within a
+        block; starts: (R,) bool, True at each block's first row; rows: N, the log's row count.
+    """
+
+    order: np.ndarray
+    starts: np.ndarray
+    rows: int
+
+    @classmethod
+    def of(cls, doc_id: np.ndarray, position: np.ndarray, block: int) -> "Blocks":
+        ids = block_ids(doc_id, position, block)
+        order = np.lexsort((position, ids))
+        order = order[ids[order] >= 0]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = np.diff(ids[order]) != 0
+        return cls(order=order, starts=starts, rows=len(doc_id))
 
 
 def examined_positions(doc_id: np.ndarray, position: np.ndarray, mismatch: np.ndarray, block: int) -> np.ndarray:
@@ -89,20 +104,28 @@ class Replay:
         return float(self.tokens.mean()) if len(self.tokens) else 0.0
 
 
-def replay_blocks(doc_id: np.ndarray, position: np.ndarray, mismatch: np.ndarray, keep: np.ndarray,
-                  block: int) -> Replay:
-    """Replay `keep` ((N,) bool: keep this row's draft if it is a mismatch) over a cascade log's blocks.
+def replay(blocks: Blocks, mismatch: np.ndarray, keep: np.ndarray) -> Replay:
+    """Replay `keep` ((N,) bool: keep this row's draft if it is a mismatch) over the logged blocks.
 
     A block keeps its drafts in order while each matches the target or is kept, and stops at the
     first deferred mismatch (whose target token is committed instead); a block kept whole also gets
     the bonus token.
     """
     mismatch = mismatch.astype(bool)
-    examined = np.ones(len(doc_id), dtype=bool)
     ok = ~mismatch | keep.astype(bool)
-    tokens = []
-    for rows in rows_by_block(block_ids(doc_id, position, block), position):
-        stop = (~ok[rows]).astype(np.int64)
-        examined[rows] = (np.cumsum(stop) - stop) == 0  # nothing deferred before this row
-        tokens.append(int((examined[rows] & ok[rows]).sum()) + 1)
-    return Replay(examined=examined, kept_mismatch=examined & mismatch & ok, tokens=np.array(tokens, dtype=np.int64))
+    in_block = ok[blocks.order]  # (R,) block by block
+    stop = (~in_block).astype(np.int64)
+    block = np.cumsum(blocks.starts) - 1  # (R,) block index of each row
+    before = np.cumsum(stop) - stop  # stops before each row, counted from the log's first block row
+    before -= before[np.flatnonzero(blocks.starts)][block]  # ... from its own block's first row
+    examined = np.ones(blocks.rows, dtype=bool)
+    examined[blocks.order] = before == 0  # nothing deferred before this row
+    committed = np.bincount(block, weights=(before == 0) & in_block, minlength=int(blocks.starts.sum()))
+    tokens = committed.astype(np.int64) + 1  # the correction or the bonus token
+    return Replay(examined=examined, kept_mismatch=examined & mismatch & ok, tokens=tokens)
+
+
+def replay_blocks(doc_id: np.ndarray, position: np.ndarray, mismatch: np.ndarray, keep: np.ndarray,
+                  block: int) -> Replay:
+    """`replay` over the blocks of rows (doc_id, position) of a log of `block`-token blocks."""
+    return replay(Blocks.of(doc_id, position, block), mismatch, keep)
