@@ -35,6 +35,10 @@ _COLUMNS = (
     LabelColumn("label_ll_drop", "float32",
                 "mean per-token drop of the target's log-likelihood of its own continuation when the drafted token "
                 "replaces its argmax (float32; 0 where they agree; NaN outside cascade logs)", consequence=True),
+    LabelColumn("label_path_drop", "float32",
+                "log-likelihood under the target of its own path (argmax + greedy roll-out) minus that of the path "
+                "starting with the drafted token (drafted + its greedy roll-out), summed over 1 + horizon tokens "
+                "(float32; 0 where they agree; NaN outside cascade logs)", consequence=True),
     LabelColumn("label_rollout_chrf", "float32",
                 "chrF of drafted token + target roll-out against argmax + target roll-out (float32; 1 where they "
                 "agree; NaN outside cascade logs)", consequence=True),
@@ -91,6 +95,10 @@ _TARGETS = (
     RouterTarget("ll_drop", "label_ll_drop",
                  "drop of the target's mean log-likelihood of its own continuation (regressed); needed above 0.5 nats",
                  needed=lambda h: h > 0.5, regressable=True),
+    RouterTarget("path_drop", "label_path_drop",
+                 "how much less likely (nats, summed over the drafted token and the target's roll-out after it) the "
+                 "target finds the path through the drafted token than its own (regressed); needed above 1 nat",
+                 needed=lambda h: h > 1.0, regressable=True),
     RouterTarget("line_change", "label_same_line", "the roll-out's first line changes", needed=lambda h: h > 0.5,
                  harm=lambda v: 1.0 - v, regressable=True),
     RouterTarget("ref_harm", "label_ref_gain",

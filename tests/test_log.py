@@ -65,7 +65,7 @@ def test_dataset_opens_and_has_the_contract_columns(logged):
     assert ds.column_names == fmt.COLUMNS
     assert fmt.COLUMNS[fmt.COLUMNS.index("features") + 1:] == [
         "label_mismatch", "label_accept_prob", "label_gap01", "label_gap_nll",
-        "label_ll_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain", "tv"]
+        "label_ll_drop", "label_path_drop", "label_rollout_chrf", "label_same_line", "label_ref_gain", "tv"]
     # reference logs hold no consequence labels: NaN, never a value that could pass for one
     assert np.isnan(arrays(ds)["label_rollout_chrf"]).all()
     spec = FeatureSpec.from_dict(meta["feature_spec"])

@@ -63,6 +63,7 @@ def test_consequence_labels_match_rollouts(cascade_log, tiny_pair):
     corpus, a, _ = cascade_log
     agree = a["drafted_id"] == a["token_id"]
     assert (a["label_ll_drop"][agree] == 0).all() and (a["label_rollout_chrf"][agree] == 1).all()
+    assert (a["label_path_drop"][agree] == 0).all()
     assert (a["label_same_line"][agree] == 1).all()
     mismatches = np.flatnonzero(~agree)
     assert mismatches.size > 0
@@ -81,13 +82,18 @@ def test_consequence_labels_match_rollouts(cascade_log, tiny_pair):
         expected = chrf(decode([x] + swap.tokens), decode([t] + orig.tokens))
         assert a["label_rollout_chrf"][i] == pytest.approx(expected, abs=1e-5)
         # ll drop: the target believes its own continuation less after the drafter's token
-        with torch.no_grad():
-            def mean_logp(prefix):
-                ids = torch.tensor([prefix + orig.tokens])
-                logp = torch.log_softmax(tiny_pair.target.model(ids).logits[0, :, : tiny_pair.vocab_size], -1)
-                n = len(prefix)
-                return float(logp[n - 1 : -1].detach().gather(-1, torch.tensor(orig.tokens)[:, None]).mean())
-        assert a["label_ll_drop"][i] == pytest.approx(mean_logp(context + [t]) - mean_logp(context + [x]), abs=1e-4)
+        @torch.no_grad()
+        def token_logps(prefix, continuation):
+            ids = torch.tensor([prefix + continuation])
+            logp = torch.log_softmax(tiny_pair.target.model(ids).logits[0, :, : tiny_pair.vocab_size], -1)
+            n = len(prefix)
+            return logp[n - 1 : -1].gather(-1, torch.tensor(continuation)[:, None])[:, 0].double()
+        ll_drop = token_logps(context + [t], orig.tokens).mean() - token_logps(context + [x], orig.tokens).mean()
+        assert a["label_ll_drop"][i] == pytest.approx(float(ll_drop), abs=1e-4)
+        # path drop: the target's log-likelihood of its own path minus that of the drafted token's path
+        path_drop = token_logps(context, [t] + orig.tokens).sum() - token_logps(context, [x] + swap.tokens).sum()
+        assert a["label_path_drop"][i] == pytest.approx(float(path_drop), abs=1e-3)
+        assert a["label_path_drop"][i] != 0
         checked += 1
     assert checked > 0
 

@@ -5,9 +5,13 @@ the drafter proposes x and the target's greedy choice is a. Where x != a, two gr
 the target, `horizon` tokens each, show what the choice changes:
     original  a + C_a   (C_a = the target's continuation after c + a)
     swapped   x + C_x   (C_x = the target's continuation after c + x)
-and give three labels (agreeing positions, x == a, get the no-harm values 0 / 1 / 1):
+and give these labels (agreeing positions, x == a, get the no-harm values 0 / 0 / 1 / 1 / 0):
 - label_ll_drop      mean per token of log p(C_a | c, a) - log p(C_a | c, x): how much less the
                      target believes its own original continuation once x is in (SelfJudge's signal);
+- label_path_drop    log p(a + C_a | c) - log p(x + C_x | c), summed over the 1 + horizon tokens: how
+                     much less likely the target finds the path that starts with x than its own. With
+                     horizon 0 this is log p(a) - log p(x), the statistic TokenV3 thresholds; the roll-out
+                     adds whether the target recovers after x (a near-tie that derails costs more);
 - label_rollout_chrf chrF of the swapped text x + C_x against the original a + C_a (1 = same text);
 - label_same_line    1 when both texts agree up to their first newline (the rest of the line survives);
 - label_ref_gain     where the prompt was cut from a document whose real next lines are known:
@@ -17,7 +21,7 @@ and give three labels (agreeing positions, x == a, get the no-harm values 0 / 1 
                      without a reference, e.g. chat replies).
 The router's "harm" target is 1 - label_rollout_chrf; its "ref_harm" target is -label_ref_gain.
 
-Cost per labelled mismatch: two batched greedy roll-outs of `horizon` target steps and two
+Cost per labelled mismatch: two batched greedy roll-outs of `horizon` target steps and three
 teacher-forced target passes over context + 1 + horizon tokens.
 """
 
@@ -61,14 +65,17 @@ def greedy_rollouts(pair, contexts: list[list[int]], cfg: RolloutConfig, tokens:
 
 
 @torch.inference_mode()
-def continuation_logprob(pair, contexts: list[list[int]], continuations: list[list[int]], batch_size: int) -> np.ndarray:
-    """(N,) mean log p of each continuation given its context under the target (0 for an empty one).
+def continuation_token_logprobs(
+    pair, contexts: list[list[int]], continuations: list[list[int]], batch_size: int
+) -> list[np.ndarray]:
+    """log p of every token of each continuation given its context under the target: N float32 arrays,
+    one entry per continuation token (empty for an empty continuation).
 
     Rows are left-padded so every continuation ends at the last column, and only the last
     (longest continuation + 1) positions go through the output projection: a (b, L, V) float32
     logits tensor over whole contexts would cost gigabytes at a 49k vocabulary.
     """
-    result = np.zeros(len(contexts), dtype=np.float32)
+    result = [np.zeros(0, dtype=np.float32) for _ in contexts]
     device = pair.device
     for batch in _by_length(contexts, batch_size):
         seqs = [contexts[i] + continuations[i] for i in batch]
@@ -87,7 +94,7 @@ def continuation_logprob(pair, contexts: list[list[int]], continuations: list[li
             targets = torch.tensor(continuations[i], device=device)
             # the continuation fills the last n_cont columns; token t is predicted at column t - 1
             steps = logp[r, keep - 1 - n_cont : keep - 1].gather(-1, targets[:, None])[:, 0]
-            result[i] = float(steps.mean())
+            result[i] = steps.cpu().numpy().astype(np.float32)
     return result
 
 
@@ -109,6 +116,7 @@ def consequence_labels(
     """
     n = len(contexts)
     ll_drop = np.zeros(n, dtype=np.float32)
+    path_drop = np.zeros(n, dtype=np.float32)
     sim = np.ones(n, dtype=np.float32)
     same = np.ones(n, dtype=np.float32)
     references = references or [None] * n
@@ -119,8 +127,20 @@ def consequence_labels(
         swap_ctx = [contexts[i] + [int(drafted[i])] for i in todo]
         rolled = greedy_rollouts(pair, orig_ctx + swap_ctx, cfg, tokens)
         c_orig, c_swap = rolled[: todo.size], rolled[todo.size :]
-        lp = continuation_logprob(pair, orig_ctx + swap_ctx, c_orig + c_orig, cfg.batch_size)
-        ll_drop[todo] = lp[: todo.size] - lp[todo.size :]
+        # from the context before the choice: a + C_a (own path), x + C_a (C_a after x), x + C_x (x's path)
+        before = [contexts[i] for i in todo]
+        lp = continuation_token_logprobs(
+            pair, before * 3,
+            [[int(target_argmax[i])] + c for i, c in zip(todo, c_orig)]
+            + [[int(drafted[i])] + c for i, c in zip(todo, c_orig)]
+            + [[int(drafted[i])] + c for i, c in zip(todo, c_swap)],
+            cfg.batch_size,
+        )
+        own, after_x, x_path = lp[: todo.size], lp[todo.size : 2 * todo.size], lp[2 * todo.size :]
+        for m, i in enumerate(todo):
+            # the first entry scores the choice itself; C_a's tokens follow it
+            ll_drop[i] = own[m][1:].mean() - after_x[m][1:].mean() if c_orig[m] else 0.0
+            path_drop[i] = own[m].sum() - x_path[m].sum()
         decode = pair.tokenizer.decode
         for m, i in enumerate(todo):
             original = decode([int(target_argmax[i])] + c_orig[m])
@@ -132,4 +152,4 @@ def consequence_labels(
                 with_x = decode(before + [int(drafted[i])] + c_swap[m])
                 with_a = decode(before + [int(target_argmax[i])] + c_orig[m])
                 ref_gain[i] = chrf(with_x, references[i]) - chrf(with_a, references[i])
-    return {"label_ll_drop": ll_drop, "label_rollout_chrf": sim, "label_same_line": same, "label_ref_gain": ref_gain}
+    return {"label_ll_drop": ll_drop, "label_path_drop": path_drop, "label_rollout_chrf": sim, "label_same_line": same, "label_ref_gain": ref_gain}

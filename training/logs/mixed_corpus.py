@@ -16,6 +16,9 @@ from itertools import zip_longest
 
 from typing import Callable
 
+import numpy as np
+
+from deferral.errors import DeferralError
 from training.logs.corpus import Corpus
 
 CHAT_MARKER = "\x1echat\x1e"  # a document starting with this is an instruction for the chat template
@@ -46,3 +49,31 @@ def open_mixed_corpus(part: str, open_corpus: Callable[[str], Corpus]) -> Corpus
 
     description = {"kind": "mixed", "part": part, "sources": [corpus.description for corpus, _ in sources]}
     return Corpus(description, documents)
+
+
+SOURCE_NAMES = tuple(name for name, _ in MIX_SOURCES)
+
+
+def round_robin_sources(counts: list[int], doc_ids: np.ndarray) -> np.ndarray:
+    """(N,) index into MIX_SOURCES of the source each document id of the mix came from.
+
+    counts: the number of documents of each source, in MIX_SOURCES order. Inverts the round-robin
+    of open_mixed_corpus: a source that runs out drops out of the rotation.
+    """
+    order = [s for group in zip_longest(*(range(c) for c in counts)) for s, d in enumerate(group) if d is not None]
+    doc_ids = np.asarray(doc_ids)
+    if doc_ids.size and doc_ids.max() >= len(order):
+        raise DeferralError(f"document id {int(doc_ids.max())} lies past the mix's {len(order)} documents")
+    return np.asarray(order, dtype=np.int64)[doc_ids] if doc_ids.size else np.zeros(0, dtype=np.int64)
+
+
+def mixed_document_sources(corpus: dict | None, doc_ids: np.ndarray,
+                           open_corpus: Callable[[str], Corpus]) -> np.ndarray:
+    """(N,) source name of each document id of a log of the mix (its meta.json's `corpus` description)."""
+    if not corpus or corpus.get("kind") != "mixed":
+        raise DeferralError(
+            "choosing documents by source needs a log of the mixed corpus (`deferral log --data mixed:train`); "
+            f"this log is of {(corpus or {}).get('kind', 'an unknown corpus')}: drop the source filter"
+        )
+    counts = [sum(1 for _ in open_corpus(f"{name}:{corpus['part']}").documents()) for name in SOURCE_NAMES]
+    return np.asarray(SOURCE_NAMES)[round_robin_sources(counts, doc_ids)]

@@ -20,6 +20,7 @@ from deferral.errors import DeferralError
 from deferral.features import FeatureSpec
 from deferral.labels import LABEL_COLUMNS, ROUTER_TARGETS
 from training.logs.blocks import examined_positions
+from training.logs.mixed_corpus import SOURCE_NAMES, mixed_document_sources
 from training.logs.logged_data import ID_COLUMNS, check_feature_spec, load_logged, read_meta
 
 SPLITS = ("train", "val", "test")
@@ -204,6 +205,8 @@ class FeatureDataModule(L.LightningDataModule):
         limit_rows: use only the first N logged rows (quick experiments).
         features: "all" logged features, or "no-hidden": drop the logged hidden states (the router then
             needs neither model's hidden state at decode time).
+        sources: for a log of the mixed corpus, train, validate and test on the documents of these sources
+            only (stdlib, stdlib-docs, instructions), e.g. [stdlib] for a router that never saw prose.
     """
 
     def __init__(
@@ -217,9 +220,16 @@ class FeatureDataModule(L.LightningDataModule):
         split_seed: int = DEFAULT_SPLIT_SEED,
         limit_rows: int | None = None,
         features: str = "all",
+        sources: list[str] | None = None,
     ):
         super().__init__()
         check_target(target)
+        unknown = sorted(set(sources or ()) - set(SOURCE_NAMES))
+        if unknown or sources == []:
+            raise DeferralError(
+                f"data.sources {sources} names no source of the mixed corpus: choose from {', '.join(SOURCE_NAMES)}"
+            )
+        self.sources = list(sources) if sources else None
         if batch_size < 1 or eval_batch_size < 1:
             raise DeferralError(
                 f"--data.batch_size {batch_size}, --data.eval_batch_size {eval_batch_size}: pass sizes of at least 1"
@@ -267,6 +277,8 @@ class FeatureDataModule(L.LightningDataModule):
                 features=np.ascontiguousarray(arrays.features[:, : spec.dim]), columns=arrays.columns,
                 meta={**arrays.meta, "feature_spec": spec.to_dict()},
             )
+        if self.sources:
+            arrays = self._from_sources(arrays)
         masks = split_documents(arrays.columns["doc_id"], self.val_fraction, self.test_fraction, self.split_seed)
         self.arrays, self.meta = arrays, arrays.meta
         self.datasets = {name: split_tensors(arrays, masks[name], self.target) for name in SPLITS}
@@ -280,6 +292,17 @@ class FeatureDataModule(L.LightningDataModule):
             name: {"positions": int(masks[name].sum()), "documents": int(np.unique(arrays.columns["doc_id"][masks[name]]).size)}
             for name in SPLITS
         }
+
+    def _from_sources(self, arrays: LoggedArrays) -> LoggedArrays:
+        """The rows of documents from self.sources (a log of the mixed corpus)."""
+        from training.logs.corpora import open_corpus
+
+        source = mixed_document_sources(arrays.meta.get("corpus"), arrays.columns["doc_id"], open_corpus)
+        keep = np.isin(source, self.sources)
+        if not keep.any():
+            raise DeferralError(f"no logged document comes from data.sources {self.sources}: log more documents of the mix")
+        return LoggedArrays(features=arrays.features[keep], columns={k: v[keep] for k, v in arrays.columns.items()},
+                            meta=arrays.meta)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
@@ -307,6 +330,7 @@ class FeatureDataModule(L.LightningDataModule):
             "target": self.target,
             "target_definition": describe_target(self.target),
             "corpus": self.meta.get("corpus"),
+            "sources": self.sources,
             "mode": self.meta.get("mode"),
             "splits": getattr(self, "split_sizes", None),
             "split_seed": self.split_seed,
