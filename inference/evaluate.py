@@ -200,8 +200,13 @@ def summarize(
     target_wall_s: float,
     metrics: dict[str, float],
     quality_key: str,
+    quality_per_example: list[float] | None = None,
 ) -> dict:
-    """One results row: quality, relative latency and the counters that explain it."""
+    """One results row: quality, relative latency and the counters that explain it.
+
+    quality_per_example: the quality metric of each prompt's reply, in prompt order (the report pairs
+    it with the target's to give each point's difference from the target with a confidence interval).
+    """
     total = {key: sum(getattr(g.stats, key) for g in generations)
              for key in ("new_tokens", "target_calls", "drafter_calls", "drafted", "accepted", "deferred", "examined")}
     if point.rule == "target":
@@ -228,4 +233,5 @@ def summarize(
         "prompts": len(generations),
         **total,
         "metrics": metrics,
+        "quality_per_example": [round(float(v), 6) for v in quality_per_example or []],
     }

@@ -56,6 +56,7 @@ def run_name(args, pair, task) -> str:
 def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts) -> None:
     """Decode every point not yet in the store over all prompts, appending each row as it completes."""
     from inference.evaluate import decode_point, fidelity, summarize, warm_up
+    from inference.tasks.text_metrics import mean_metrics
 
     build_rule = rule_factory(args, pair)
     scored: dict[tuple, float | None] = {}  # the target's NLL of each (prompt, reply) scored in this process
@@ -71,13 +72,15 @@ def sweep(args, pair, task, store: ResultsStore, points, cfg, examples, prompts)
         generations, wall_s = decode_point(pair, build_rule(point), point, prompts, cfg, args.batch_size,
                                            on_batch=bar.update)
         replies = [pair.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in generations]
-        metrics = task.score(examples, replies)
+        per_example = task.score_examples(examples, replies)
+        metrics = mean_metrics(per_example)
         if not args.no_fidelity:
             target_replies = replies if point.rule == "target" else store.replies(points[0].key)
             metrics.update(fidelity(pair, prompts, generations, replies, target_replies, scored))
         target_row = next((r for r in store.rows if r["rule"] == "target"), None)
         target_wall = wall_s if point.rule == "target" else target_row["wall_s"]
-        row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key)
+        row = summarize(point, generations, wall_s, target_wall, metrics, task.quality_key,
+                        [m[task.quality_key] for m in per_example])
         store.append(row, replies, [g.tokens for g in generations])
         tqdm.write(
             f"{point.key}: {task.quality_key}={row['quality']:.3f} wall={wall_s:.1f} s "

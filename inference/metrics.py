@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 Point = tuple[float, float]  # (cost, quality)
 
 MATCH_TOLERANCE = 0.01  # "matched target quality": within 1% of the target's score
@@ -80,3 +82,23 @@ def cost_for_gap_fraction(
             t = (level - prev_quality) / (quality - prev_quality)
             return prev_cost + max(0.0, t) * (cost - prev_cost)
     return None
+
+
+def paired_difference(
+    scores: Sequence[float], reference: Sequence[float], resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of scores - reference over paired examples, with a percentile-bootstrap interval.
+
+    Both sequences score the same examples in the same order (every rule decodes the same prompts), so
+    the interval resamples examples, not rules: it is what the example set can resolve between the
+    two. Returns (mean difference, low, high) at `level`; the interval is (d, d) for identical scores.
+    """
+    a, b = np.asarray(scores, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired scores need two equal, non-empty lists, got {a.shape} and {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)  # (resamples,)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(diff.mean()), float(low), float(high)

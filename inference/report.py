@@ -6,7 +6,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from inference.evaluate import BASELINE
-from inference.metrics import area_under_frontier, cost_for_gap_fraction, matches, speedup_at_matched_quality
+from inference.metrics import (
+    MATCH_TOLERANCE, area_under_frontier, cost_for_gap_fraction, matches, paired_difference, speedup_at_matched_quality,
+)
+
+CONFIDENCE = 0.95  # level of the paired intervals of each point's quality difference from the target
 
 
 def references(rows: list[dict]) -> dict[str, dict]:
@@ -122,13 +126,43 @@ def latency_legend(rows: list[dict]) -> str:
     return "; ".join(parts)
 
 
-ROW_COLUMNS = ["knob", "K", "quality", "relative latency", "speed-up", "tokens / target call",
+def quality_vs_target(row: dict, target: dict | None) -> tuple[float, float, float] | None:
+    """(difference, low, high) of the row's quality from the target's, paired over the same prompts;
+    None where either row lacks per-example scores (results written before they were recorded)."""
+    mine, theirs = row.get("quality_per_example"), (target or {}).get("quality_per_example")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return None
+    return paired_difference(mine, theirs, level=CONFIDENCE)
+
+
+def difference_cell(row: dict, target: dict | None) -> str:
+    d = quality_vs_target(row, target)
+    return "—" if d is None else f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
+
+
+def resolution_note(rows: list[dict], target: dict | None) -> str:
+    """One line: how large a quality difference these prompts resolve, beside the 1% match band (the
+    median half-width of the points' intervals; points that equal the target everywhere have none)."""
+    paired = [d for row in rows if row is not target for d in [quality_vs_target(row, target)] if d is not None]
+    widths = [(high - low) / 2 for _, low, high in paired if high > low]
+    if not widths:
+        return "Quality - target: no point scores differently from the target on any prompt." if paired else ""
+    half = sorted(widths)[len(widths) // 2]
+    band = MATCH_TOLERANCE * abs(target["quality"])
+    verdict = "finer than" if half < band else "coarser than"
+    return (f"Quality - target: the mean difference over the same {len(target['quality_per_example'])} prompts, with a "
+            f"paired bootstrap {CONFIDENCE:.0%} interval. These prompts resolve about +-{half:.4f} (median half-width), "
+            f"{verdict} the match band of +-{band:.4f} (1% of the target's quality).")
+
+
+ROW_COLUMNS = ["knob", "K", "quality", "quality - target [95% CI]", "relative latency", "speed-up", "tokens / target call",
                "target calls / token", "deferral rate", "acceptance", "ROUGE-L vs target", "target NLL"]
 
 
-def _row_cells(row: dict) -> list[str]:
+def _row_cells(row: dict, target: dict | None) -> list[str]:
     return [
-        _knob(row), str(row["draft_tokens"] or "—"), _fmt(row["quality"]), *latency_cells(row),
+        _knob(row), str(row["draft_tokens"] or "—"), _fmt(row["quality"]), difference_cell(row, target),
+        *latency_cells(row),
         _fmt(row["tokens_per_target_call"], 2), _fmt(row["target_calls_per_token"]),
         _fmt(row["deferral_rate"]), _fmt(row["acceptance_rate"]),
         _fmt(row["metrics"].get("rouge_l_vs_target")), _fmt(row["metrics"].get("target_nll")),
@@ -145,6 +179,9 @@ def markdown_report(rows: list[dict], title: str) -> str:
     quality_key = rows[0]["quality_key"] if rows else "quality"
     lines = [f"# {title}", "", f"Quality: `{quality_key}`. Matched quality: within 1% of the target's.", "",
              latency_legend(rows) + ".", ""]
+    note = resolution_note(rows, refs.get("target"))
+    if note:
+        lines += [note, ""]
     lines += ["## Summary", ""]
     lines += _table(
         ["rule", "mode", "speed-up at target quality", "area under frontier", "deferral rate for 50% gap",
@@ -156,10 +193,10 @@ def markdown_report(rows: list[dict], title: str) -> str:
     )
     lines += ["", "## References", ""]
     ref_rows = [r for r in rows if r["mode"] == BASELINE or r["rule"] == "speculative"]
-    lines += _table(["rule"] + ROW_COLUMNS, [[r["rule"]] + _row_cells(r) for r in ref_rows])
+    lines += _table(["rule"] + ROW_COLUMNS, [[r["rule"]] + _row_cells(r, refs.get("target")) for r in ref_rows])
     for (rule, mode), group in groups.items():
         lines += ["", f"## {rule} ({mode})", ""]
-        lines += _table(ROW_COLUMNS, [_row_cells(r) for r in sorted(group, key=lambda r: (r["draft_tokens"], r["knob"]))])
+        lines += _table(ROW_COLUMNS, [_row_cells(r, refs.get("target")) for r in sorted(group, key=lambda r: (r["draft_tokens"], r["knob"]))])
     return "\n".join(lines) + "\n"
 
 
@@ -225,4 +262,5 @@ def comparison_table(rows: list[dict]) -> str:
     header = ["rule", "mode"] + ROW_COLUMNS
     order = {"target": 0, "drafter": 1, "speculative": 2}
     ranked = sorted(rows, key=lambda r: (order.get(r["rule"], 3), r["rule"], r["mode"], r["knob"] or 0))
-    return "\n".join(_table(header, [[r["rule"], r["mode"]] + _row_cells(r) for r in ranked])) + "\n"
+    target = references(rows).get("target")
+    return "\n".join(_table(header, [[r["rule"], r["mode"]] + _row_cells(r, target) for r in ranked])) + "\n"

@@ -6,19 +6,31 @@ from __future__ import annotations
 import re
 
 from deferral.cli import main as cli
-from training.demo import quality_resolution
+from inference.report import resolution_note
 
 
-def rows(target: float, drafter: float) -> list[dict]:
-    return [{"rule": "target", "quality": target}, {"rule": "drafter", "quality": drafter},
-            {"rule": "token-v3", "quality": 0.5}]
+def rows(target: list[float], drafter: list[float]) -> list[dict]:
+    def row(rule, scores):
+        return {"rule": rule, "quality": sum(scores) / len(scores), "quality_per_example": scores}
+    return [row("target", target), row("drafter", drafter)]
 
 
-def test_quality_resolution_says_when_the_column_separates_nothing():
-    assert "cannot separate the rules" in quality_resolution(rows(0.0, 0.0), 5)  # pass@1 that nobody passes
-    assert "cannot separate" in quality_resolution(rows(0.24, 0.23), 40)  # 0.01 < 1/40
-    note = quality_resolution(rows(0.233, 0.188), 40)
-    assert "0.025" in note and "0.045" in note and "cannot" not in note
+def test_resolution_note_says_when_nothing_differs_and_how_much_the_prompts_resolve():
+    # pass@1 that nobody passes: no point differs from the target anywhere
+    assert "no point scores differently" in resolution_note(*_with_target(rows([0.0] * 5, [0.0] * 5)))
+    # a drafter 0.2 below the target on half the prompts: the mean difference -0.1 has a bootstrap
+    # standard error of 0.1 / sqrt(40) = 0.016, so the 95% half-width is about 0.03, wider than 1% of 0.8
+    note = resolution_note(*_with_target(rows([0.8] * 40, [0.6] * 20 + [0.8] * 20)))
+    assert "same 40 prompts" in note and "coarser than the match band of +-0.0080" in note
+    half = float(note.split("about +-")[1].split(" ")[0])
+    assert 0.025 <= half <= 0.035
+    # on one prompt in 40 only: a far narrower interval, finer than the band
+    assert "finer than" in resolution_note(*_with_target(rows([0.8] * 40, [0.6] + [0.8] * 39)))
+    assert resolution_note(rows([0.5], [0.4]), None) == ""
+
+
+def _with_target(table: list[dict]) -> tuple[list[dict], dict]:
+    return table, table[0]
 
 
 def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny_dir, tmp_path, capsys):
@@ -52,4 +64,4 @@ def test_demo_runs_end_to_end_on_the_tiny_pair_and_skips_the_shipped_router(tiny
             assert re.fullmatch(r"\d+\.\d{3} \(\d+\.\d{3}–\d+\.\d{3}\)( ~)?", cells[latency]), cells[latency]
             assert re.fullmatch(r"\d+\.\d{2} \(\d+\.\d{2}–\d+\.\d{2}\)( ~)?", cells[speedup]), cells[speedup]
     assert "median over 2 repeats on 2 prompts" in captured.out and "~: the spread crosses 1.0" in captured.out
-    assert "one example moves" in captured.out or "cannot separate" in captured.out
+    assert "paired bootstrap 95% interval" in captured.out or "no point scores differently" in captured.out

@@ -73,6 +73,28 @@ def test_writes_every_file_with_one_row_per_point(finished):
     assert "## chow (speculative)" in tables and "## chow (sequential)" in tables and "speed-up at target quality" in tables
 
 
+def test_rows_carry_each_prompts_quality_and_the_report_pairs_it_with_the_target(finished):
+    from inference.tasks.text_metrics import reference_metrics
+
+    rows = {r["key"]: r for r in read_jsonl(finished / "results.jsonl")}
+    replies = {}
+    for g in read_jsonl(finished / "generations.jsonl"):
+        replies.setdefault(g["key"], {})[g["index"]] = g["text"]
+    for key, row in rows.items():
+        # each prompt's score, recomputed from the stored reply, in prompt order; the mean is the row's quality
+        expected = [reference_metrics(replies[key][i], ref)["chrf"] for i, (_, ref) in enumerate(PROMPTS)]
+        assert row["quality_per_example"] == pytest.approx(expected, abs=1e-6)
+        assert sum(row["quality_per_example"]) / 3 == pytest.approx(row["quality"], abs=1e-6)
+    tables = (finished / "tables.md").read_text()
+    drafter = rows["drafter|baseline|-|K=0"]
+    diff = drafter["quality"] - rows["target|baseline|-|K=0"]["quality"]
+    [line] = [ln for ln in tables.splitlines() if ln.startswith("| drafter |")]
+    assert f"{diff:+.4f} [" in line
+    [line] = [ln for ln in tables.splitlines() if ln.startswith("| speculative |")]
+    assert "+0.0000 [+0.0000, +0.0000]" in line  # lossless: the target's text on every prompt
+    assert "paired bootstrap 95% interval" in tables
+
+
 def test_greedy_lossless_speculative_reproduces_the_target(finished):
     gens = read_jsonl(finished / "generations.jsonl")
     by_key = {}

@@ -62,3 +62,35 @@ def test_gap_fraction_edge_cases():
     assert cost_for_gap_fraction([(0.0, 0.1), (0.5, 0.12)], 0.1, 0.3, 0.5) is None  # never reached
     assert cost_for_gap_fraction([(0.3, 0.3)], 0.1, 0.3, 0.5) == pytest.approx(0.3)  # first point already there
     assert cost_for_gap_fraction([(0.0, 0.1), (0.6, 0.3), (0.2, 0.3)], 0.1, 0.3, 1.0) == pytest.approx(0.2)  # unsorted input
+
+
+def test_paired_difference_of_identical_or_shifted_scores_is_exact():
+    from inference.metrics import paired_difference
+
+    scores = [0.1, 0.5, 0.3, 0.9]
+    assert paired_difference(scores, scores) == (0.0, 0.0, 0.0)
+    d, low, high = paired_difference([s + 0.25 for s in scores], scores)
+    assert d == pytest.approx(0.25) and low == pytest.approx(0.25) and high == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_difference([0.1, 0.2], [0.1])
+
+
+def test_paired_interval_covers_the_true_difference_at_its_level():
+    """Coverage of the 95% interval over 300 simulated example sets (paired, correlated scores): the
+    number of misses follows Binomial(300, 0.05) for a correct interval; 4-30 misses is a two-sided
+    test at about 0.998, and the intervals halve when the examples quadruple."""
+    import numpy as np
+
+    from inference.metrics import paired_difference
+
+    rng = np.random.default_rng(7)
+    misses, widths = 0, {100: [], 400: []}
+    for trial in range(300):
+        n = 100 if trial % 2 else 400
+        base = rng.uniform(0, 1, n)
+        other = np.clip(base + rng.normal(-0.02, 0.1, n), -1, 2)  # true mean difference -0.02
+        d, low, high = paired_difference(other, base, resamples=1000, seed=trial)
+        misses += not (low <= -0.02 <= high)
+        widths[n].append(high - low)
+    assert 4 <= misses <= 30
+    assert np.median(widths[100]) / np.median(widths[400]) == pytest.approx(2.0, rel=0.15)

@@ -147,8 +147,8 @@ def test_a_task_added_to_the_registry_is_built_and_named_by_every_command(monkey
         def examples(self):
             return [Example(id=str(i), prompt=f"p{i}", reference=f"p{i}") for i in range(self.limit)]
 
-        def score(self, examples, replies):
-            return {"chrf": float(sum(e.reference == r for e, r in zip(examples, replies)) / len(examples))}
+        def score_examples(self, examples, replies):
+            return [{"chrf": float(e.reference == r)} for e, r in zip(examples, replies)]
 
     monkeypatch.setitem(TASKS, "echo", lambda options: Echo(options.limit or 3))
     check_task_name("echo")

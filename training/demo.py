@@ -85,20 +85,6 @@ def read_rows(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
 
 
-def quality_resolution(rows: list[dict], examples: int) -> str:
-    """What the quality column can tell apart: one example moves a mean score in [0, 1] by up to
-    1/examples; where the target and the drafter are closer than that, it separates nothing."""
-    one = 1.0 / examples
-    by_rule = {r["rule"]: r["quality"] for r in rows if r["rule"] in ("target", "drafter")}
-    gap = abs(by_rule.get("target", 0.0) - by_rule.get("drafter", 0.0))
-    if gap < one:
-        return (f"note: the target and the drafter score within one example of each other ({gap:.3f} < 1/{examples}): "
-                "this quality column cannot separate the rules; read the fidelity columns (ROUGE-L vs target, "
-                "target NLL) or evaluate more examples")
-    return (f"one example moves a mean quality by at most {one:.3f}; the target leads the drafter by {gap:.3f}: "
-            f"differences between rules smaller than {one:.3f} are within what {examples} examples resolve")
-
-
 def evaluate_flags(args) -> list[str]:
     """The decoding and timing flags both evaluations share."""
     flags = ["--task", args.task, "--limit", str(args.limit), "--modes", "[speculative]",
@@ -120,7 +106,7 @@ def step(number: int, title: str, argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from inference.report import comparison_table, latency_legend
+    from inference.report import comparison_table, latency_legend, references, resolution_note
 
     args = parse(build_parser(), argv)
     if not Path(args.router_config).is_file():
@@ -179,7 +165,7 @@ def main(argv: list[str]) -> int:
     print(f"\n[7/{STEPS}] comparison on {args.limit} {args.task} examples ({rows[0]['quality_key']}{timed_apart})\n")
     print(comparison_table(rows))
     print(latency_legend(rows))
-    print(quality_resolution(rows, args.limit))
+    print(resolution_note(rows, references(rows).get("target")))
     print(f"full tables: {evaluation / 'tables.md'}; plots: {evaluation / 'quality_vs_latency.png'}, "
           f"{evaluation / 'quality_vs_deferral.png'}; total {time.perf_counter() - start:.0f} s")
     return 0

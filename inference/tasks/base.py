@@ -1,14 +1,17 @@
 """What an evaluation task is: prompts to decode and a scorer for the decoded texts.
 
 Tasks hold no models. The evaluation loop decodes `Example.prompt` (through the pair's chat template
-when `Task.chat` says so) and hands the replies back to `Task.score`, together with what fidelity
-needs (the target's own greedy reply for the same prompt).
+when `Task.chat` says so) and hands the replies back to `Task.score_examples`, which scores each reply
+on its own: the report's means come from these, and so do its paired confidence intervals (every rule
+decodes the same prompts, so two rules are compared example by example).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+
+from inference.tasks.text_metrics import mean_metrics
 
 
 @dataclass
@@ -31,8 +34,12 @@ class Task(ABC):
     def examples(self) -> list[Example]: ...
 
     @abstractmethod
+    def score_examples(self, examples: list[Example], replies: list[str]) -> list[dict[str, float]]:
+        """Task metrics of each decoded reply (one reply per example, the same keys for every one)."""
+
     def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
-        """Aggregate task metrics (means over examples) for decoded replies, one per example."""
+        """Task metrics averaged over the examples."""
+        return mean_metrics(self.score_examples(examples, replies))
 
     def describe(self) -> dict:
         """What identifies this task's data (written to results and MLflow)."""

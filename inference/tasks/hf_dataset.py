@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deferral.errors import DeferralError
 from inference.tasks.base import Example, Task
-from inference.tasks.text_metrics import mean_metrics, reference_metrics
+from inference.tasks.text_metrics import reference_metrics
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -70,8 +70,8 @@ class HFDataset(Task):
             for i, r in enumerate(rows)
         ]
 
-    def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
-        return mean_metrics([reference_metrics(r, e.reference or "") for e, r in zip(examples, replies)])
+    def score_examples(self, examples: list[Example], replies: list[str]) -> list[dict[str, float]]:
+        return [reference_metrics(r, e.reference or "") for e, r in zip(examples, replies)]
 
     def describe(self) -> dict:
         return {**super().describe(), "spec": self.spec, "limit": self.limit,

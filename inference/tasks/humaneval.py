@@ -77,7 +77,7 @@ class HumanEval(Task):
             for p in problems
         ]
 
-    def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
+    def score_examples(self, examples: list[Example], replies: list[str]) -> list[dict[str, float]]:
         # Each check is its own sandboxed process, so threads run them in parallel (one per core);
         # a reply that loops forever then holds one worker for timeout_s, not the whole evaluation.
         def check(pair: tuple[Example, str]) -> bool:
@@ -89,7 +89,7 @@ class HumanEval(Task):
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             passed = list(tqdm(pool.map(check, pairs), total=len(pairs), desc="running tests", leave=False,
                                disable=len(pairs) < 20))
-        return {"pass@1": sum(passed) / len(passed) if passed else 0.0}
+        return [{"pass@1": float(ok)} for ok in passed]
 
     def describe(self) -> dict:
         return {**super().describe(), "limit": self.limit, "timeout_s": self.timeout_s, "memory_mb": self.memory_mb}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deferral.errors import DeferralError
 from inference.tasks.base import Example, Task
-from inference.tasks.text_metrics import mean_metrics, reference_metrics
+from inference.tasks.text_metrics import reference_metrics
 from deferral.stdlib_split import is_heldout, stdlib_files, stdlib_root
 
 SKIPPED_PACKAGES = ("encodings/",)  # codec tables: data, not code
@@ -94,8 +94,8 @@ class StdlibContinuation(Task):
             raise DeferralError(f"no {self.part} source files with enough lines under {self.root}: point at another folder")
         return examples
 
-    def score(self, examples: list[Example], replies: list[str]) -> dict[str, float]:
-        return mean_metrics([reference_metrics(after_line_end(r), e.reference or "") for e, r in zip(examples, replies)])
+    def score_examples(self, examples: list[Example], replies: list[str]) -> list[dict[str, float]]:
+        return [reference_metrics(after_line_end(r), e.reference or "") for e, r in zip(examples, replies)]
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root), "limit": self.limit, "seed": self.seed,
