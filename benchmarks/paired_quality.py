@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, q in quality.items():
         d, low, high = paired_difference(q, ref)
         half = (high - low) / 2
-        needed = f"{int(np.ceil(len(q) * (half / band) ** 2)):,}" if half > 0 else "—"
+        needed = f"{int(np.ceil(len(q) * (half / band) ** 2)):,}" if half > 0 and band > 0 else "—"
         print(f"{key:48s} {q.mean():8.4f} {d:+9.4f} [{low:+.4f}, {high:+.4f}] {needed:>11s}")
     return 0
 

@@ -280,3 +280,36 @@ def test_fidelity_scores_each_reply_to_a_prompt_once(tiny_pair, monkeypatch):
     assert scored == [(5, 10, 11), (8, 12), (8, 13), (5, 12), (8, 10, 11)]  # (prompt 0, 10 11) scored once
     fresh = inference.evaluate.fidelity(tiny_pair, prompts, [reply(10, 11), reply(12)], ["a", "b"], ["a", "b"])
     assert first == fresh
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ loaded as a module (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_quality_rescores_a_folder_like_the_report(finished, task_file, capsys):
+    script = _benchmark("paired_quality")
+    assert script.main([str(finished / "generations.jsonl"), "--task", f"hf:{task_file}"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["key"]: r for r in read_jsonl(finished / "results.jsonl")}
+    target = rows["target|baseline|-|K=0"]["quality"]
+    for key, row in rows.items():
+        [line] = [ln for ln in out.splitlines() if ln.startswith(key + " ")]
+        assert f"{row['quality']:8.4f} {row['quality'] - target:+9.4f} [" in line
+    with pytest.raises(SystemExit, match="replies for 2 examples"):
+        script.main([str(finished / "generations.jsonl"), "--task", f"hf:{task_file}", "--limit", "2"])
+
+
+def test_frontier_gap_interpolates_within_a_rules_range_only():
+    script = _benchmark("frontier_gap")
+    curve = [(3.0, 0.20), (4.0, 0.18)]
+    assert script.interpolated_quality(curve, 3.5) == pytest.approx(0.19)
+    assert script.interpolated_quality(curve, 3.0) == pytest.approx(0.20)
+    assert script.interpolated_quality(curve, 2.9) is None and script.interpolated_quality(curve, 4.1) is None
