@@ -12,10 +12,12 @@ point's relative shortfall. This is the "falls behind no hand-set rule by more t
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
+
+from deferral.outputs import read_jsonl
 
 REFERENCES = ("target", "drafter", "speculative")
 
@@ -37,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, dict[float, float]] = defaultdict(dict)
     learned = []
     for path in args.results:
-        for line in open(path):
-            row = json.loads(line)
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path} is not a file: pass the results.jsonl of `deferral evaluate` folders")
+        for row in read_jsonl(path):
             cost, quality = row.get("tokens_per_target_call"), row["quality"]
             if row["rule"] == "learned":
                 if args.learned_from in (None, path):

@@ -13,10 +13,10 @@ The report of `deferral evaluate` prints the same intervals for new runs; this r
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
+from deferral.outputs import read_jsonl
 from inference.metrics import MATCH_TOLERANCE, paired_difference
 from inference.tasks import make_task
 
@@ -27,10 +27,8 @@ def per_example_quality(generations_path: str, task) -> dict[str, np.ndarray]:
     """{point key: (n,) quality of each example's reply}, examples in the task's order."""
     examples = task.examples()
     replies: dict[str, dict[int, str]] = {}
-    with open(generations_path) as f:
-        for line in f:
-            g = json.loads(line)
-            replies.setdefault(g["key"], {})[g["index"]] = g["text"]
+    for g in read_jsonl(generations_path):
+        replies.setdefault(g["key"], {})[g["index"]] = g["text"]
     out = {}
     for key, by_index in replies.items():
         if len(by_index) != len(examples):

@@ -143,7 +143,8 @@ def difference_cell(row: dict, target: dict | None) -> str:
 def resolution_note(rows: list[dict], target: dict | None) -> str:
     """One line: how large a quality difference these prompts resolve, beside the 1% match band (the
     median half-width of the points' intervals; points that equal the target everywhere have none)."""
-    paired = [d for row in rows if row is not target for d in [quality_vs_target(row, target)] if d is not None]
+    paired = [quality_vs_target(row, target) for row in rows if row is not target]
+    paired = [d for d in paired if d is not None]
     widths = [(high - low) / 2 for _, low, high in paired if high > low]
     if not widths:
         return "Quality - target: no point scores differently from the target on any prompt." if paired else ""
