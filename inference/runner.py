@@ -70,22 +70,35 @@ def run(
     sequential: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt.
-    `on_batch(n)` hears of each batch of n prompts as it finishes (progress bars)."""
+    """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt,
+    in the order of `prompts`. `on_batch(n)` hears of each batch of n prompts as it finishes.
+
+    Batches are formed over the prompts sorted by length, longest first: rows of one batch are
+    left-padded to its longest prompt, so mixing lengths would spend most of a large batch's
+    prefill and attention on padding (and the longest batch first shows a memory limit at once)."""
     if batch_size < 1:
         raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
     tokens = token_space(pair)
-    results: list[Generation] = []
+    order = length_order(prompts)
+    results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+        rows = order[start : start + batch_size]
+        chunk = [prompts[i] for i in rows]
         chunk_cfg = replace(cfg, seed=cfg.seed + start)
         if rule.plain_model:  # one model decoding alone: no drafts, no verification
             model = getattr(pair, rule.plain_model).model
-            results += autoregressive_generate(model, chunk, chunk_cfg, tokens, counter=f"{rule.plain_model}_calls")
+            generations = autoregressive_generate(model, chunk, chunk_cfg, tokens, counter=f"{rule.plain_model}_calls")
         elif sequential:
-            results += sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
+            generations = sequential_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
         else:
-            results += speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
+            generations = speculative_generate(pair.drafter.model, pair.target.model, rule, chunk, chunk_cfg, tokens)
+        for i, generation in zip(rows, generations):
+            results[i] = generation
         if on_batch is not None:
             on_batch(len(chunk))
     return results
+
+
+def length_order(prompts: list[list[int]]) -> list[int]:
+    """Prompt indices, longest prompt first; prompts of equal length keep their order."""
+    return sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

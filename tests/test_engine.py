@@ -17,7 +17,7 @@ from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, Learned, make_rule
 from inference.autoregressive import autoregressive_generate
 from inference.config import DecodeConfig, TokenSpace
-from inference.runner import encode_prompts, run
+from inference.runner import encode_prompts, length_order, run
 from inference.speculative import SpeculativeDecoder, speculative_generate
 from tests.tiny_models import make_noisy_copy
 from tests.single_thread import one_thread  # noqa: F401  (autouse)
@@ -158,6 +158,24 @@ def test_batched_output_equals_one_by_one(pairs, name):
     together = decode(pair, rule, draft_tokens=3, batch_size=3)
     assert tokens(together) == tokens(alone)
     assert [g.stats.accepted for g in together] == [g.stats.accepted for g in alone]
+
+
+@pytest.mark.parametrize("name", ["target", "speculative", "token-v3"])
+def test_batches_formed_by_length_come_back_in_prompt_order(pairs, name):
+    """Batches of 2 over 4 prompts of 4 lengths: each batch holds prompts that are not neighbours in
+    the input, and every prompt's tokens and counters still come back at its own index."""
+    pair, rule = pairs["noisy"], build_rule(name)
+    texts = ["if x:", *TEXTS]
+    lengths = [len(p) for p in encode_prompts(pair, texts)]
+    assert len(set(lengths)) == 4 and sorted(lengths, reverse=True) != lengths
+    alone = decode(pair, rule, texts=texts, draft_tokens=3)
+    paired = decode(pair, rule, texts=texts, draft_tokens=3, batch_size=2)
+    assert tokens(paired) == tokens(alone)
+    assert [(g.stats.accepted, g.stats.drafted) for g in paired] == [(g.stats.accepted, g.stats.drafted) for g in alone]
+
+
+def test_length_order_is_longest_first_and_stable():
+    assert length_order([[1], [1, 2, 3], [4], [1, 2]]) == [1, 3, 0, 2]
 
 
 def test_batched_sampling_has_no_nans_in_padded_rows(pairs):
