@@ -5,6 +5,13 @@ may come from several runs), and for every learned point interpolates each hand-
 linearly between its two points that bracket the learned point's tokens per target call (a rule
 whose points do not reach that cost is left out), then prints the best of them and the learned
 point's relative shortfall. This is the "falls behind no hand-set rule by more than x%" check.
+Every rule at its lossless end is lossless speculative decoding (the same greedy tokens), so the
+lossless row, where present, starts every curve, the learned one too.
+
+It then prints, per rule, the tokens per target call at which its curve leaves the band of the
+target's quality (`--band`, default 1%): interpolated between the last point inside and the first
+outside (the goal's "tokens per target call at the target's quality"), beside its best measured point
+inside the band.
 
     python benchmarks/frontier_gap.py runs/eval-prose_heldout*/results.jsonl
 """
@@ -30,14 +37,29 @@ def interpolated_quality(curve: list[tuple[float, float]], cost: float) -> float
     return float(np.interp(cost, xs, ys))
 
 
+def band_edge(curve: list[tuple[float, float]], floor: float) -> float | None:
+    """The cost at which a (cost, quality) curve, walked from its cheapest point, first drops below
+    `floor` (linear between the two points around the drop); its last cost when it never does; None
+    when its cheapest point is already below."""
+    points = sorted(curve)
+    if points[0][1] < floor:
+        return None
+    for (c0, q0), (c1, q1) in zip(points, points[1:]):
+        if q1 < floor:
+            return c0 + (c1 - c0) * (q0 - floor) / (q0 - q1)
+    return points[-1][0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="results.jsonl files of one task")
     parser.add_argument("--learned-from", default=None,
                         help="take learned rows only from this file (the others give the hand-set rules)")
+    parser.add_argument("--band", type=float, default=0.01, help="the target's quality band, relative (0.01: 1%%)")
     args = parser.parse_args(argv)
     curves: dict[str, dict[float, float]] = defaultdict(dict)
     learned = []
+    references: dict[str, tuple[float | None, float]] = {}
     for path in args.results:
         if not Path(path).is_file():
             raise SystemExit(f"error: {path} is not a file: pass the results.jsonl of `deferral evaluate` folders")
@@ -48,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                     learned.append((row["knob_name"], row["knob"], cost, quality))
             elif row["rule"] not in REFERENCES and cost is not None:
                 curves[row["rule"]][cost] = quality
+            else:
+                references[row["rule"]] = (cost, quality)
+    if "speculative" in references:
+        for curve in curves.values():
+            curve.setdefault(*references["speculative"])
     print(f"{'learned point':24s} {'quality':>8s} {'tokens/call':>11s} {'best hand-set there':>24s} {'behind by':>9s}")
     for name, knob, cost, quality in sorted(learned, key=lambda r: r[2]):
         there = {rule: q for rule, c in curves.items()
@@ -59,7 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         gap = (best - quality) / best
         print(f"{name}={knob:<14} {quality:8.4f} {cost:11.3f} {rule + f' {best:.4f}':>24s} "
               f"{'ahead' if gap <= 0 else f'{gap:.1%}':>9s}")
+    if "target" in references:
+        learned_curve = {cost: quality for _, _, cost, quality in learned}
+        if "speculative" in references and learned_curve:
+            learned_curve.setdefault(*references["speculative"])
+        print_band_edges({**curves, "learned": learned_curve}, references["target"][1], args.band)
     return 0
+
+
+def print_band_edges(curves: dict[str, dict[float, float]], target: float, band: float) -> None:
+    floor = target * (1 - band)
+    print(f"\nat the target's quality (chrF >= {floor:.4f}, within {band:.0%} of {target:.4f}): tokens per target call")
+    print(f"{'rule':12s} {'band edge':>10s} {'best point inside':>18s}")
+    for rule, curve in sorted(curves.items()):
+        if not curve:
+            continue
+        edge = band_edge(list(curve.items()), floor)
+        inside = [c for c, q in curve.items() if q >= floor]
+        print(f"{rule:12s} {'-' if edge is None else f'{edge:.3f}':>10s} "
+              f"{'-' if not inside else f'{max(inside):.3f}':>18s}")
 
 
 if __name__ == "__main__":

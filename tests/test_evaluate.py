@@ -313,3 +313,26 @@ def test_frontier_gap_interpolates_within_a_rules_range_only():
     assert script.interpolated_quality(curve, 3.5) == pytest.approx(0.19)
     assert script.interpolated_quality(curve, 3.0) == pytest.approx(0.20)
     assert script.interpolated_quality(curve, 2.9) is None and script.interpolated_quality(curve, 4.1) is None
+
+
+def test_frontier_gap_band_edge_is_where_a_curve_first_leaves_the_band():
+    edge = _benchmark("frontier_gap").band_edge
+    curve = [(4.0, 0.18), (3.0, 0.20), (3.5, 0.195), (4.5, 0.199)]  # sorted by cost inside
+    assert edge(curve, 0.19) == pytest.approx(3.5 + 0.5 / 3)  # first drop: 3.5 (0.195) to 4.0 (0.18)
+    assert edge(curve, 0.17) == 4.5  # never below
+    assert edge(curve, 0.21) is None  # below from the start
+
+
+def test_frontier_gap_starts_every_curve_at_lossless_decoding(tmp_path, capsys):
+    script = _benchmark("frontier_gap")
+    rows = [("target", "", None, 1.0, 0.200), ("speculative", "", None, 3.0, 0.200),
+            ("token-v3", "alpha", 0.5, 4.0, 0.190), ("learned", "threshold", 0.3, 3.5, 0.199)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps({"rule": r, "knob_name": n, "knob": k, "tokens_per_target_call": c,
+                                        "quality": q}) + "\n" for r, n, k, c, q in rows))
+    assert script.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    # token-v3 at 3.5, interpolated from lossless (3.0, 0.200) to (4.0, 0.190): 0.195, so the learned point is ahead
+    assert "token-v3 0.1950" in out and "ahead" in out
+    # band floor 0.198: token-v3 leaves it at 3.2; learned from (3.5, 0.199) keeps it to its last point
+    assert "token-v3          3.200" in out and "learned           3.500" in out
