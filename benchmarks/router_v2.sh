@@ -6,8 +6,8 @@
 #   bash benchmarks/router_v2.sh train RUNS             # routers with and without hidden states
 #   bash benchmarks/router_v2.sh eval  RUNS ROUTER SET  # SET: stdlib_heldout | prose_heldout | code_other
 #
-# DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: harm, as shipped,
-# path_drop or ref_harm), FEATURES (all no-hidden: the variants trained), SOURCES (train on these sources
+# DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: path_drop, as shipped,
+# harm or ref_harm), FEATURES (all no-hidden: the variants trained), SOURCES (train on these sources
 # of the mix only, e.g. '[stdlib]'; the router's folder gets their names as a suffix), THRESHOLDS or RATES (the learned rule's
 # sweep, by score threshold or by calibrated deferral rate), RULES and ALPHAS (the hand-set sweep),
 # LIMIT (800 examples), BATCH (200), TAG (suffix of the eval folder), EVAL_ARGS (more `deferral evaluate`
@@ -29,9 +29,9 @@ case "$stage" in
     only=()
     if [ -n "${SOURCES:-}" ]; then only=(--data.sources "$SOURCES"); fi
     for features in ${FEATURES:-all no-hidden}; do
-      $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target "${TARGET:-harm}" \
+      $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target "${TARGET:-path_drop}" \
         --data.features "$features" "${only[@]}" --model.hidden 128 --trainer.accelerator "${ACCELERATOR:-gpu}" \
-        --trainer.default_root_dir "$runs/router-${TARGET:-harm}-$features${SOURCES:+-$(tr -dc 'a-z-' <<< "$SOURCES")}" \
+        --trainer.default_root_dir "$runs/router-${TARGET:-path_drop}-$features${SOURCES:+-$(tr -dc 'a-z-' <<< "$SOURCES")}" \
         --mlflow.tracking_uri none
     done
     ;;

@@ -69,6 +69,13 @@ def router_from_checkpoint(ckpt: dict) -> Router:
     return router.eval()
 
 
+def default_origin(meta: dict) -> str:
+    """Where the export's default threshold comes from, for its card."""
+    if meta["objective"] == "classify" and meta.get("calibration"):
+        return f"deferral rate {meta.get('default_deferral_rate')} on held-out data"
+    return "a regressor's neutral threshold: defer where any harm is predicted; pick a rate from the table"
+
+
 def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = None) -> dict:
     """router.json contents (besides config, normalisation and versions, added by save_router)."""
     hp, extra = ckpt["hyper_parameters"], ckpt[CHECKPOINT_KEY]
@@ -146,7 +153,7 @@ position against the reference text, relative to deferring everywhere.
 |---|---|---|---|
 {chr(10).join(cal_rows)}
 
-Default threshold: {meta['default_threshold']:.4f} (deferral rate {meta.get('default_deferral_rate')} on held-out data).
+Default threshold: {meta['default_threshold']:.4f} ({default_origin(meta)}).
 
 ## Use
 ```
