@@ -1,18 +1,20 @@
-"""Every way to decode, side by side on the same pair and prompts in one run: the target alone, the
-drafter alone, transformers' assisted generation, our lossless speculative decoding, the best
-hand-set rule and the learned rule. Reports relative speed, greedy equality where it is promised
-(lossless speculative decoding and assisted generation must reproduce the target's greedy tokens)
-and the task's quality.
+"""Every way to decode, side by side on the same pair and prompts in one run: the target alone (ours
+and, at batch size 1, transformers' `generate`), the drafter alone, transformers' assisted generation
+(batch size 1), our lossless speculative decoding, the best hand-set rule and the learned rule.
+Reports relative speed, tokens per second, greedy equality where it is promised (lossless
+speculative decoding and assisted generation must reproduce the target's greedy tokens) and the
+task's quality.
 
     DEFERRAL_CACHE_DIR=... python benchmarks/bench_compare.py --drafter DRAFTER [--target TARGET] \
         [--task humaneval] [--limit 10] [--max-new-tokens 128] [--draft-tokens 5] \
         [--rule token-v3 --alpha 0.6 | --results runs/evaluate/humaneval/results.jsonl] \
-        [--router ROUTER_DIR --deferral-rate 0.3] [--json out.json]
+        [--router ROUTER_DIR --deferral-rate 0.3] [--device cuda --dtype float32 --batch-size 16] [--json out.json]
 
-Every prompt is decoded by every method back to back, in an order rotated from prompt to prompt
+The prompts are split into groups of --batch-size (in task order; our loops decode a group as one
+batch). Every group is decoded by every method back to back, in an order rotated from group to group
 (inference/timing.py's schedule), and the whole pass is repeated --repeats times, so load drifts on a
 shared machine hit all methods alike. A method's relative speed is the median over repeats of
-(target-only seconds / its seconds, summed over the prompts of that repeat); the lowest and highest
+(target-only seconds / its seconds, summed over the groups of that repeat); the lowest and highest
 of those ratios are printed as its spread.
 """
 
@@ -38,7 +40,8 @@ from inference.runner import encode_prompts, eos_token_ids, run
 from inference.tasks import make_task
 from inference.timing import schedule
 
-LOSSLESS = ("speculative (ours)", "assisted (transformers)")  # greedy output must equal the target's
+# greedy output must equal the target's
+LOSSLESS = ("speculative (ours)", "assisted (transformers)", "target (transformers generate)")
 
 
 def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
@@ -56,26 +59,32 @@ def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
 
 
 def build_methods(args, pair, target, drafter, eos):
-    """name -> function(prompt ids) returning (tokens, seconds, target_calls or None)."""
+    """name -> function(group of prompt ids) returning (tokens per prompt, seconds, target_calls or None).
+    transformers' generate and assisted generation decode one prompt at a time: at batch size 1 only."""
     cfg = DecodeConfig(draft_tokens=args.draft_tokens, max_new_tokens=args.max_new_tokens)
 
     def ours(rule):
-        def decode(prompt):
+        def decode(group):
             start = time.perf_counter()
-            [gen] = run(pair, rule, [prompt], cfg)
-            return gen.tokens, time.perf_counter() - start, gen.stats.target_calls
+            gens = run(pair, rule, group, cfg, batch_size=len(group))  # returns after the last host sync
+            return [g.tokens for g in gens], time.perf_counter() - start, sum(g.stats.target_calls for g in gens)
         return decode
 
-    def assisted(prompt):
-        tokens, seconds = hf_generate(target, prompt, args.max_new_tokens, eos, assistant=drafter, k=args.draft_tokens)
-        return tokens, seconds, None
+    def transformers(assistant):
+        def decode(group):
+            [prompt] = group
+            tokens, seconds = hf_generate(target, prompt, args.max_new_tokens, eos, assistant=assistant,
+                                          k=args.draft_tokens if assistant is not None else None)
+            return [tokens], seconds, None
+        return decode
 
-    methods = {
-        "target only": ours(make_rule("target")),
-        "drafter only": ours(make_rule("drafter")),
-        "assisted (transformers)": assisted,
-        "speculative (ours)": ours(make_rule("speculative")),
-    }
+    methods = {"target only": ours(make_rule("target"))}
+    if args.batch_size == 1:
+        methods["target (transformers generate)"] = transformers(None)
+    methods["drafter only"] = ours(make_rule("drafter"))
+    if args.batch_size == 1:
+        methods["assisted (transformers)"] = transformers(drafter)
+    methods["speculative (ours)"] = ours(make_rule("speculative"))
     rule_name, alpha = args.rule, args.alpha
     if args.results:
         rule_name, alpha = best_hand_set_rule(Path(args.results))
@@ -106,10 +115,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=None, help="learned rule: score threshold")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved passes over the prompts (the spread)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together by our loops")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -120,33 +134,35 @@ def main(argv=None) -> int:
 
 
 def compare(args) -> int:
-    pair = load_pair(args.drafter, args.target)
+    pair = load_pair(args.drafter, args.target, device=args.device, dtype=args.dtype)
     eos = sorted(eos_token_ids(pair))
     task = make_task(args.task, limit=args.limit,
                      chat=bool(getattr(pair.tokenizer, "chat_template", None)) if args.task == "humaneval" else None)
     examples = task.examples()
     prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    groups = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     methods = build_methods(args, pair, pair.target.model, pair.drafter.model, eos)
-    for fn in methods.values():  # warm-up: first calls allocate and pick kernels
-        fn(prompts[0][:32])
+    for fn in methods.values():  # warm-up at the batch size: first calls allocate and pick kernels
+        fn([p[:32] for p in groups[0]])
 
     names = list(methods)
-    outputs: dict[str, list] = {name: [None] * len(prompts) for name in names}
+    outputs: dict[str, list] = {name: [None] * len(groups) for name in names}  # per group: tokens per prompt
     target_calls = dict.fromkeys(names, 0)
-    repeats = []  # per repeat: method -> seconds summed over the prompts
+    repeats = []  # per repeat: method -> seconds summed over the groups
     for repeat in range(args.repeats):
         seconds = dict.fromkeys(names, 0.0)
-        for i, order in schedule(names, len(prompts), repeat):
+        for i, order in schedule(names, len(groups), repeat):
             for name in order:
-                tokens, took, calls = methods[name](prompts[i])
+                tokens, took, calls = methods[name](groups[i])
                 if repeat == 0:
                     outputs[name][i] = tokens
                     target_calls[name] += calls or 0
                 elif tokens != outputs[name][i]:  # greedy decoding repeats itself
-                    print(f"warning: {name} decoded prompt {i} differently in repeat {repeat + 1}", file=sys.stderr)
+                    print(f"warning: {name} decoded group {i} differently in repeat {repeat + 1}", file=sys.stderr)
                 seconds[name] += took
         repeats.append(seconds)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    outputs = {name: [t for group in per_group for t in group] for name, per_group in outputs.items()}
 
     reference = outputs["target only"]
     rows = []
@@ -162,21 +178,22 @@ def compare(args) -> int:
             "relative_speed_high": max(ratios),
             "seconds": [r[name] for r in repeats],
             "tokens": tokens,
+            "tokens_per_s": tokens / statistics.median(r[name] for r in repeats),
             "greedy_equal_to_target": f"{same}/{len(prompts)}",
             "equality_promised": name in LOSSLESS,
             "quality": task.score(examples, replies)[task.quality_key],
             "tokens_per_target_call": tokens / target_calls[name] if target_calls[name] else None,
         })
     print(f"\n{task.quality_key} on {len(prompts)} {task.name} prompts, K={args.draft_tokens}, "
-          f"max {args.max_new_tokens} new tokens, greedy; speed: median of {args.repeats} interleaved repeats "
-          "[lowest-highest]\n")
-    print(f"| method | relative speed | {task.quality_key} | greedy output = target | tokens / target call |")
-    print("|---|---|---|---|---|")
+          f"max {args.max_new_tokens} new tokens, greedy, batch size {args.batch_size}, {pair.target.model.device} "
+          f"{args.dtype}; speed: median of {args.repeats} interleaved repeats [lowest-highest]\n")
+    print(f"| method | relative speed | tokens/s | {task.quality_key} | greedy output = target | tokens / target call |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         equal = r["greedy_equal_to_target"] + (" (promised)" if r["equality_promised"] else "")
         per_call = f"{r['tokens_per_target_call']:.2f}" if r["tokens_per_target_call"] else "—"
         speed = f"{r['relative_speed']:.2f}x [{r['relative_speed_low']:.2f}-{r['relative_speed_high']:.2f}]"
-        print(f"| {r['method']} | {speed} | {r['quality']:.3f} | {equal} | {per_call} |")
+        print(f"| {r['method']} | {speed} | {r['tokens_per_s']:.1f} | {r['quality']:.3f} | {equal} | {per_call} |")
     broken = [r["method"] for r in rows if r["equality_promised"] and r["greedy_equal_to_target"].split("/")[0]
               != str(len(prompts))]
     if broken:
