@@ -84,7 +84,7 @@ def run(
     for start in range(0, len(prompts), batch_size):
         rows = order[start : start + batch_size]
         chunk = [prompts[i] for i in rows]
-        chunk_cfg = replace(cfg, seed=cfg.seed + start)
+        chunk_cfg = replace(cfg, seed=cfg.seed + min(rows))  # at batch size 1, prompt i draws with seed + i
         if rule.plain_model:  # one model decoding alone: no drafts, no verification
             model = getattr(pair, rule.plain_model).model
             generations = autoregressive_generate(model, chunk, chunk_cfg, tokens, counter=f"{rule.plain_model}_calls")

@@ -89,8 +89,8 @@ def time_points(
 ) -> list[dict[str, float]]:
     """Run the repeats `store` lacks (up to `repeats`); returns the first `repeats` repeats' seconds.
 
-    Each batch decodes with the seed the sweep gave it (its first prompt's index), so a timed decode
-    repeats the sweep's own decode of those prompts.
+    The timed prompts are the task's first ones, in batches of the sweep's size (formed by length as
+    `run` forms them); greedy decodes repeat the sweep's tokens, sampled ones draw their own.
     """
     by_key = {point.key: (point, rule) for point, rule in points}
     keys = list(by_key)

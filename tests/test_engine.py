@@ -174,6 +174,17 @@ def test_batches_formed_by_length_come_back_in_prompt_order(pairs, name):
     assert [(g.stats.accepted, g.stats.drafted) for g in paired] == [(g.stats.accepted, g.stats.drafted) for g in alone]
 
 
+@pytest.mark.parametrize("name", ["target", "token-v3"])
+def test_sampled_prompt_draws_alike_whatever_prompts_follow_it(pairs, name):
+    """At batch size 1 prompt i samples with seed + i, so a longer prompt after it (decoded first, as
+    batches go longest first) changes nothing for it."""
+    pair, rule = pairs["noisy"], build_rule(name)
+    alone = decode(pair, rule, texts=["x = ["], draft_tokens=3, temperature=1.0, seed=4)
+    followed = decode(pair, rule, texts=["x = [", "The quick brown fox jumps over"], draft_tokens=3,
+                      temperature=1.0, seed=4)
+    assert tokens(followed)[0] == tokens(alone)[0]
+
+
 def test_length_order_is_longest_first_and_stable():
     assert length_order([[1], [1, 2, 3], [4], [1, 2]]) == [1, 3, 0, 2]
 
