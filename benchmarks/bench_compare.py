@@ -40,7 +40,7 @@ from inference.runner import encode_prompts, eos_token_ids, run
 from inference.tasks import make_task
 from inference.timing import schedule
 
-# greedy output must equal the target's
+# greedy output must equal the target's (in float32; bfloat16 rounding may flip near-ties)
 LOSSLESS = ("speculative (ours)", "assisted (transformers)", "target (transformers generate)")
 
 
@@ -140,6 +140,8 @@ def compare(args) -> int:
                      chat=bool(getattr(pair.tokenizer, "chat_template", None)) if args.task == "humaneval" else None)
     examples = task.examples()
     prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
+    if not prompts:
+        raise DeferralError(f"the task {args.task} gave no prompts: pass a --limit of at least 1")
     groups = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     methods = build_methods(args, pair, pair.target.model, pair.drafter.model, eos)
     for fn in methods.values():  # warm-up at the batch size: first calls allocate and pick kernels

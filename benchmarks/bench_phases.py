@@ -22,8 +22,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--router", default=str(ROOT / "models" / "default-router"))
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None, help="learned rule (default: the router's own)")
     args = parser.parse_args()
+    if args.threshold is None:  # the router's own default threshold
+        from inference.learned import export_default_threshold
+
+        args.threshold = export_default_threshold(args.router)
 
     from deferral.pair import load_pair
     from deferral.rules import make_rule

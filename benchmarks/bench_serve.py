@@ -64,12 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--router", default=str(ROOT / "models" / "default-router"))
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None, help="learned rule (default: the router's own)")
     parser.add_argument("--requests", type=int, default=16, help="requests per (rule, concurrency) cell")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--batch-size", type=int, default=16, help="the server's --batch-size")
     args = parser.parse_args()
+    if args.threshold is None:  # the router's own default threshold
+        from inference.learned import export_default_threshold
+
+        args.threshold = export_default_threshold(args.router)
     from openai import OpenAI
 
     prompts = [json.loads(line)["prompt"][-600:] for line in

@@ -57,26 +57,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="take learned rows only from this file (the others give the hand-set rules)")
     parser.add_argument("--band", type=float, default=0.01, help="the target's quality band, relative (0.01: 1%%)")
     args = parser.parse_args(argv)
-    curves: dict[str, dict[float, float]] = defaultdict(dict)
-    learned = []
+    curves: dict[str, dict[float, float]] = defaultdict(dict)  # hand-set rule (and mode) -> {cost: quality}
+    learned = []  # (source file, knob name, knob, cost, quality)
     references: dict[str, tuple[float | None, float]] = {}
+    quality_key = "quality"
     for path in args.results:
         if not Path(path).is_file():
             raise SystemExit(f"error: {path} is not a file: pass the results.jsonl of `deferral evaluate` folders")
         for row in read_jsonl(path):
             cost, quality = row.get("tokens_per_target_call"), row["quality"]
-            if row["rule"] == "learned":
-                if args.learned_from in (None, path):
-                    learned.append((row["knob_name"], row["knob"], cost, quality))
-            elif row["rule"] not in REFERENCES and cost is not None:
-                curves[row["rule"]][cost] = quality
-            else:
+            quality_key = row.get("quality_key", quality_key)
+            if row["rule"] in REFERENCES:
                 references[row["rule"]] = (cost, quality)
-    if "speculative" in references:
-        for curve in curves.values():
-            curve.setdefault(*references["speculative"])
+            elif cost is None:
+                continue
+            elif row["rule"] == "learned":
+                if args.learned_from in (None, path):
+                    learned.append((path, row["knob_name"], row["knob"], cost, quality))
+            else:  # a sequential cascade is another curve than the speculative one of the same rule
+                curves[row["rule"] + ("" if row.get("mode", "speculative") == "speculative" else f" ({row['mode']})")][cost] = quality
+    if "speculative" in references:  # every speculative curve starts at lossless decoding
+        for rule, curve in curves.items():
+            if "(" not in rule:
+                curve.setdefault(*references["speculative"])
     print(f"{'learned point':24s} {'quality':>8s} {'tokens/call':>11s} {'best hand-set there':>24s} {'behind by':>9s}")
-    for name, knob, cost, quality in sorted(learned, key=lambda r: r[2]):
+    for _, name, knob, cost, quality in sorted(learned, key=lambda r: r[3]):
         there = {rule: q for rule, c in curves.items()
                  if (q := interpolated_quality(list(c.items()), cost)) is not None}
         if not there:
@@ -87,23 +92,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}={knob:<14} {quality:8.4f} {cost:11.3f} {rule + f' {best:.4f}':>24s} "
               f"{'ahead' if gap <= 0 else f'{gap:.1%}':>9s}")
     if "target" in references:
-        learned_curve = {cost: quality for _, _, cost, quality in learned}
-        if "speculative" in references and learned_curve:
-            learned_curve.setdefault(*references["speculative"])
-        print_band_edges({**curves, "learned": learned_curve}, references["target"][1], args.band)
+        learned_curves: dict[str, dict[float, float]] = defaultdict(dict)  # one curve per results file
+        for path, _, _, cost, quality in learned:
+            learned_curves[f"learned ({path})" if len({r[0] for r in learned}) > 1 else "learned"][cost] = quality
+        if "speculative" in references:
+            for curve in learned_curves.values():
+                curve.setdefault(*references["speculative"])
+        print_band_edges({**curves, **learned_curves}, references["target"][1], args.band, quality_key)
     return 0
 
 
-def print_band_edges(curves: dict[str, dict[float, float]], target: float, band: float) -> None:
+def print_band_edges(curves: dict[str, dict[float, float]], target: float, band: float, quality_key: str) -> None:
     floor = target * (1 - band)
-    print(f"\nat the target's quality (chrF >= {floor:.4f}, within {band:.0%} of {target:.4f}): tokens per target call")
-    print(f"{'rule':12s} {'band edge':>10s} {'best point inside':>18s}")
+    print(f"\nat the target's quality ({quality_key} >= {floor:.4f}, within {band:.1%} of {target:.4f}): "
+          "tokens per target call")
+    width = max([12, *map(len, curves)])
+    print(f"{'rule':{width}s} {'band edge':>10s} {'best point inside':>18s}")
     for rule, curve in sorted(curves.items()):
         if not curve:
             continue
         edge = band_edge(list(curve.items()), floor)
         inside = [c for c, q in curve.items() if q >= floor]
-        print(f"{rule:12s} {'-' if edge is None else f'{edge:.3f}':>10s} "
+        print(f"{rule:{width}s} {'-' if edge is None else f'{edge:.3f}':>10s} "
               f"{'-' if not inside else f'{max(inside):.3f}':>18s}")
 
 

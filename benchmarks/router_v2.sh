@@ -9,7 +9,8 @@
 # DEVICE (cuda), ACCELERATOR (gpu), MAX_DOCS (1536), TARGET (the router's label: path_drop, as shipped,
 # harm or ref_harm), FEATURES (all no-hidden: the variants trained), SOURCES (train on these sources
 # of the mix only, e.g. '[stdlib]'; the router's folder gets their names as a suffix), THRESHOLDS or RATES (the learned rule's
-# sweep, by score threshold or by calibrated deferral rate), RULES and ALPHAS (the hand-set sweep),
+# sweep, by score threshold or by calibrated deferral rate; rates by default), DEFAULT_RATE (the deferral
+# rate whose threshold the export takes as its default: 0.2), RULES and ALPHAS (the hand-set sweep),
 # LIMIT (800 examples), BATCH (200), TAG (suffix of the eval folder), EVAL_ARGS (more `deferral evaluate`
 # flags, e.g. "--timing-repeats 0") and DEFERRAL (the command) can be
 # set in the environment; on 2 CPU cores use DEVICE=cpu ACCELERATOR=cpu and small limits.
@@ -30,7 +31,8 @@ case "$stage" in
     if [ -n "${SOURCES:-}" ]; then only=(--data.sources "$SOURCES"); fi
     for features in ${FEATURES:-all no-hidden}; do
       $deferral train fit --config configs/router.yaml --data.path "$runs/log" --data.target "${TARGET:-path_drop}" \
-        --data.features "$features" "${only[@]}" --model.hidden 128 --trainer.accelerator "${ACCELERATOR:-gpu}" \
+        --data.features "$features" "${only[@]}" --model.hidden 128 --model.default_deferral_rate "${DEFAULT_RATE:-0.2}" \
+        --trainer.accelerator "${ACCELERATOR:-gpu}" \
         --trainer.default_root_dir "$runs/router-${TARGET:-path_drop}-$features${SOURCES:+-$(tr -dc 'a-z-' <<< "$SOURCES")}" \
         --mlflow.tracking_uri none
     done
@@ -39,10 +41,10 @@ case "$stage" in
     router=$3
     set=$4
     default_alphas='{token-v3: [0.3, 0.4, 0.5, 0.6, 0.7], opt: [-1.0, -0.5, 0.0, 0.5], kl: [0.05, 0.1, 0.2, 0.4], typical: [0.7, 0.8, 0.9, 0.95], fly: [0.0, 0.3, 0.6]}'
-    if [ -n "${RATES:-}" ]; then
-      sweep=(--deferral-rates "$RATES")
+    if [ -n "${THRESHOLDS:-}" ]; then
+      sweep=(--thresholds "$THRESHOLDS")
     else
-      sweep=(--thresholds "${THRESHOLDS:-[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6]}")
+      sweep=(--deferral-rates "${RATES:-[0.12, 0.16, 0.2, 0.25, 0.3]}")
     fi
     $deferral evaluate --config configs/evaluate.yaml --task "hf:benchmarks/data/$set.jsonl" \
       --prompt-column prompt --reference-column reference --limit "${LIMIT:-800}" \

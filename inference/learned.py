@@ -51,6 +51,11 @@ def default_threshold(meta: dict) -> float:
     return float(meta.get("default_threshold", neutral_threshold(meta.get("objective"))))
 
 
+def export_default_threshold(router_dir: str) -> float:
+    """The default threshold stored in a router export folder."""
+    return default_threshold(read_router_meta(router_dir))
+
+
 def resolve_threshold(meta: dict, threshold: float | None, deferral_rate: float | None, alpha: float) -> float:
     """The score threshold: given directly, read off a calibration table for a deferral rate, or
     the export's default. A table measured while decoding (`deferral calibrate`) is preferred to

@@ -336,3 +336,23 @@ def test_frontier_gap_starts_every_curve_at_lossless_decoding(tmp_path, capsys):
     assert "token-v3 0.1950" in out and "ahead" in out
     # band floor 0.198: token-v3 leaves it at 3.2; learned from (3.5, 0.199) keeps it to its last point
     assert "token-v3          3.200" in out and "learned           3.500" in out
+
+
+def test_frontier_gap_keeps_one_learned_curve_per_results_file(tmp_path, capsys):
+    script = _benchmark("frontier_gap")
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"rule": r, "knob_name": "threshold", "knob": k, "tokens_per_target_call": c,
+                                            "quality": q, "quality_key": "chrf"}) + "\n" for r, k, c, q in rows))
+        return str(path)
+
+    base = write("base.jsonl", [("target", None, 1.0, 0.200), ("speculative", None, 3.0, 0.200),
+                                ("token-v3", 0.5, 4.0, 0.190)])
+    good = write("good.jsonl", [("learned", 0.3, 4.0, 0.199)])
+    poor = write("poor.jsonl", [("learned", 0.3, 3.5, 0.190)])
+    assert script.main([base, good, poor]) == 0
+    out = capsys.readouterr().out
+    edges = {line.split()[1]: line.split()[2] for line in out.splitlines() if line.startswith("learned (")}
+    assert edges == {f"({good})": "4.000", f"({poor})": "3.100"}  # floor 0.198: poor leaves it at 3.0 + 0.5 * 0.2
+    assert "chrf >= 0.1980" in out

@@ -33,15 +33,19 @@ def test_export_from_checkpoint_records_what_it_was_trained_on(trained, tmp_path
     assert set(meta["data"]["splits"]) == {"train", "val", "test"}
     card = (tmp_path / "r" / "card.md").read_text()
     assert "Trained on" in card and "--rule learned" in card and "auroc" in card
-    assert f"Default threshold: {meta['default_threshold']:.4f} (deferral rate {meta['default_deferral_rate']} " in card
+    assert f"Default threshold: {meta['default_threshold']:.4f} (deferral rate {meta['default_deferral_rate']} of" in card
 
 
-def test_a_regressors_card_says_its_default_is_the_neutral_threshold():
+def test_the_card_says_where_the_default_threshold_comes_from():
     from training.router.export import default_origin
 
-    assert "neutral threshold" in default_origin({"objective": "regress", "calibration": {"rows": []}})
-    assert "deferral rate 0.2" in default_origin({"objective": "classify", "calibration": {"rows": []},
-                                                  "default_deferral_rate": 0.2})
+    table = {"rows": [{"deferral_rate": 0.1, "threshold": 2.0}, {"deferral_rate": 0.2, "threshold": 0.5}]}
+    meta = {"objective": "regress", "calibration": table, "default_deferral_rate": 0.2}
+    assert "deferral rate 0.2 of the calibration table" in default_origin({**meta, "default_threshold": 0.5})
+    assert "neutral threshold" in default_origin({**meta, "calibration": None, "default_threshold": 0.0})
+    assert "neutral threshold" in default_origin({**meta, "objective": "classify", "calibration": None,
+                                                  "default_threshold": 0.5})
+    assert "set by hand" in default_origin({**meta, "default_threshold": 0.9})
 
 
 def test_exported_router_scores_like_the_trained_module(trained, tmp_path):

@@ -61,7 +61,7 @@ class DemoOptions:
     calibration_tokens: int = flag(32, "tokens generated per calibration prompt")
     shipped_router: str | None = flag(str(asset_path("models", "default-router")),
                                       "router evaluated beside the one trained here (default pair only; null: skip)")
-    shipped_thresholds: list[float] = flag([0.4366, 1.1119], "thresholds of the shipped router (its rates 0.2 and 0.16)")
+    shipped_thresholds: list[float] = flag([0.4366, 1.1119], "thresholds of the shipped router (its calibration table's rates 0.2 and 0.16)")
     tracking_uri: str = flag(DEFAULT_TRACKING_URI, TRACKING_HELP)
 
 

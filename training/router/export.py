@@ -70,10 +70,14 @@ def router_from_checkpoint(ckpt: dict) -> Router:
 
 
 def default_origin(meta: dict) -> str:
-    """Where the export's default threshold comes from, for its card."""
-    if meta["objective"] == "classify" and meta.get("calibration"):
-        return f"deferral rate {meta.get('default_deferral_rate')} on held-out data"
-    return "a regressor's neutral threshold: defer where any harm is predicted; pick a rate from the table"
+    """Where the export's default threshold comes from, for its card: a rate of its calibration table,
+    the objective's neutral threshold, or neither (set by hand)."""
+    threshold, table, rate = meta["default_threshold"], meta.get("calibration"), meta.get("default_deferral_rate")
+    if table and rate is not None and abs(threshold - threshold_for_rate(table, float(rate))) < 1e-9:
+        return f"deferral rate {rate} of the calibration table below"
+    if threshold == neutral_threshold(meta.get("objective")):
+        return "the objective's neutral threshold; pick a deferral rate from the table below"
+    return "set by hand; the table below gives the threshold of each deferral rate"
 
 
 def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = None) -> dict:
@@ -82,7 +86,7 @@ def export_meta(ckpt: dict, checkpoint_path: str, test_metrics: dict | None = No
     if not extra.get("feature_spec") or not extra.get("pair"):
         raise DeferralError("the checkpoint lacks the logged data's feature spec and pair: train again with this version")
     calibration = extra.get("calibration")
-    if hp["objective"] == "classify" and calibration:
+    if calibration:  # the threshold of the default deferral rate, for classifiers and regressors alike
         default_threshold = threshold_for_rate(calibration, float(hp.get("default_deferral_rate", DEFAULT_DEFERRAL_RATE)))
     else:
         default_threshold = neutral_threshold(hp["objective"])
