@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="take learned rows only from this file (the others give the hand-set rules)")
     parser.add_argument("--band", type=float, default=0.01, help="the target's quality band, relative (0.01: 1%%)")
     args = parser.parse_args(argv)
-    curves: dict[str, dict[float, float]] = defaultdict(dict)  # hand-set rule (and mode) -> {cost: quality}
+    curves: dict[str, dict[float, float]] = defaultdict(dict)  # speculative hand-set rule -> {cost: quality}
+    sequential: dict[str, dict[float, float]] = defaultdict(dict)  # the same rules as sequential cascades
     learned = []  # (source file, knob name, knob, cost, quality)
     references: dict[str, tuple[float | None, float]] = {}
     quality_key = "quality"
@@ -74,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             elif row["rule"] == "learned":
                 if args.learned_from in (None, path):
                     learned.append((path, row["knob_name"], row["knob"], cost, quality))
-            else:  # a sequential cascade is another curve than the speculative one of the same rule
-                curves[row["rule"] + ("" if row.get("mode", "speculative") == "speculative" else f" ({row['mode']})")][cost] = quality
+            elif row.get("mode", "speculative") == "speculative":
+                curves[row["rule"]][cost] = quality
+            else:
+                sequential[f"{row['rule']} ({row['mode']})"][cost] = quality
+    learned_curves: dict[str, dict[float, float]] = defaultdict(dict)  # one curve per results file
+    several = len({path for path, *_ in learned}) > 1
+    for path, _, _, cost, quality in learned:
+        learned_curves[f"learned ({path})" if several else "learned"][cost] = quality
     if "speculative" in references:  # every speculative curve starts at lossless decoding
-        for rule, curve in curves.items():
-            if "(" not in rule:
-                curve.setdefault(*references["speculative"])
+        for curve in [*curves.values(), *learned_curves.values()]:
+            curve.setdefault(*references["speculative"])
+    curves.update(sequential)
     print(f"{'learned point':24s} {'quality':>8s} {'tokens/call':>11s} {'best hand-set there':>24s} {'behind by':>9s}")
     for _, name, knob, cost, quality in sorted(learned, key=lambda r: r[3]):
         there = {rule: q for rule, c in curves.items()
@@ -92,12 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}={knob:<14} {quality:8.4f} {cost:11.3f} {rule + f' {best:.4f}':>24s} "
               f"{'ahead' if gap <= 0 else f'{gap:.1%}':>9s}")
     if "target" in references:
-        learned_curves: dict[str, dict[float, float]] = defaultdict(dict)  # one curve per results file
-        for path, _, _, cost, quality in learned:
-            learned_curves[f"learned ({path})" if len({r[0] for r in learned}) > 1 else "learned"][cost] = quality
-        if "speculative" in references:
-            for curve in learned_curves.values():
-                curve.setdefault(*references["speculative"])
         print_band_edges({**curves, **learned_curves}, references["target"][1], args.band, quality_key)
     return 0
 
