@@ -44,6 +44,10 @@ from inference.timing import schedule
 LOSSLESS = ("speculative (ours)", "assisted (transformers)", "target (transformers generate)")
 
 
+def lossless(method: str) -> bool:
+    return method.split(" [")[0] in LOSSLESS
+
+
 def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
     """From an evaluate results.jsonl: the fastest speculative hand-set point that matches the
     target's quality, or, when none does, the best quality (ties: faster)."""
@@ -61,9 +65,11 @@ def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
 def build_methods(args, pair, target, drafter, eos):
     """name -> function(group of prompt ids) returning (tokens per prompt, seconds, target_calls or None).
     transformers' generate and assisted generation decode one prompt at a time: at batch size 1 only."""
-    cfg = DecodeConfig(draft_tokens=args.draft_tokens, max_new_tokens=args.max_new_tokens)
+    engines = args.engine.split(",")
 
-    def ours(rule):
+    def ours(rule, engine):
+        cfg = DecodeConfig(draft_tokens=args.draft_tokens, max_new_tokens=args.max_new_tokens, engine=engine)
+
         def decode(group):
             start = time.perf_counter()
             gens = run(pair, rule, group, cfg, batch_size=len(group))  # returns after the last host sync
@@ -78,24 +84,26 @@ def build_methods(args, pair, target, drafter, eos):
             return [tokens], seconds, None
         return decode
 
-    methods = {"target only": ours(make_rule("target"))}
-    if args.batch_size == 1:
-        methods["target (transformers generate)"] = transformers(None)
-    methods["drafter only"] = ours(make_rule("drafter"))
-    if args.batch_size == 1:
-        methods["assisted (transformers)"] = transformers(drafter)
-    methods["speculative (ours)"] = ours(make_rule("speculative"))
+    rules = {"target only": make_rule("target"), "drafter only": make_rule("drafter"),
+             "speculative (ours)": make_rule("speculative")}
     rule_name, alpha = args.rule, args.alpha
     if args.results:
         rule_name, alpha = best_hand_set_rule(Path(args.results))
     if rule_name:
-        methods[f"{rule_name} α={alpha:g} (best hand-set)"] = ours(make_rule(rule_name, alpha))
+        rules[f"{rule_name} α={alpha:g} (best hand-set)"] = make_rule(rule_name, alpha)
     if args.router:
         from inference.learned import load_learned_rule
 
         rule = load_learned_rule(args.router, pair, threshold=args.threshold, deferral_rate=args.deferral_rate)
-        methods[f"learned ({'rate' if args.deferral_rate is not None else 'threshold'}="
-                f"{args.deferral_rate if args.deferral_rate is not None else rule.threshold:g})"] = ours(rule)
+        rules[f"learned ({'rate' if args.deferral_rate is not None else 'threshold'}="
+              f"{args.deferral_rate if args.deferral_rate is not None else rule.threshold:g})"] = rule
+    methods = {}
+    for engine in engines:  # the first engine's "target only" is every ratio's denominator
+        for name, rule in rules.items():
+            methods[name if engine == engines[0] else f"{name} [{engine}]"] = ours(rule, engine)
+        if engine == engines[0] and args.batch_size == 1:
+            methods["target (transformers generate)"] = transformers(None)
+            methods["assisted (transformers)"] = transformers(drafter)
     return methods
 
 
@@ -118,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together by our loops")
+    parser.add_argument("--engine", default="auto", help="our loops' --engine; several comma-separated "
+                        "(hf,graphs) repeat our methods under each, the first one's target being the baseline")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -145,7 +155,8 @@ def compare(args) -> int:
     groups = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     methods = build_methods(args, pair, pair.target.model, pair.drafter.model, eos)
     for fn in methods.values():  # warm-up at the batch size: first calls allocate and pick kernels
-        fn([p[:32] for p in groups[0]])
+        for group in (groups if pair.target.model.device.type == "cuda" else groups[:1]):
+            fn(group if pair.target.model.device.type == "cuda" else [p[:32] for p in group])  # GPU: capture graphs
 
     names = list(methods)
     outputs: dict[str, list] = {name: [None] * len(groups) for name in names}  # per group: tokens per prompt
@@ -182,7 +193,7 @@ def compare(args) -> int:
             "tokens": tokens,
             "tokens_per_s": tokens / statistics.median(r[name] for r in repeats),
             "greedy_equal_to_target": f"{same}/{len(prompts)}",
-            "equality_promised": name in LOSSLESS,
+            "equality_promised": lossless(name),
             "quality": task.score(examples, replies)[task.quality_key],
             "tokens_per_target_call": tokens / target_calls[name] if target_calls[name] else None,
         })

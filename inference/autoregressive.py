@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from inference.batch import BatchState, left_pad, prefill
-from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation, TokenSpace
+from inference.engines import open_lm
 from inference.speculative import draw_from_logits
 
 
@@ -20,7 +20,7 @@ def autoregressive_generate(
 ) -> list[Generation]:
     """Decode with `model` alone; `counter` names the statistic its forward calls count toward."""
     state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
-    lm = CachedLM(model, tokens.vocab_size)
+    lm = open_lm(model, tokens.vocab_size, cfg.engine, prompts, cfg.max_new_tokens, owner=state)
     generator = torch.Generator(device=lm.device).manual_seed(cfg.seed)
     ids, valid = left_pad(prompts, tokens.pad_id, lm.device)
     prefill(lm, ids, valid)

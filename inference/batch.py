@@ -7,7 +7,6 @@ import time
 import torch
 
 from deferral.errors import DeferralError
-from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation, RequestStats
 
 
@@ -24,13 +23,12 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), valid.to(device)
 
 
-def prefill(lm: CachedLM, ids: torch.Tensor, valid: torch.Tensor) -> None:
+def prefill(lm, ids: torch.Tensor, valid: torch.Tensor) -> None:
     """Feed every prompt token but the last (the invariant of CachedLM). No-op for 1-token prompts."""
     if ids.shape[1] > 1:
         lm.forward(ids[:, :-1], valid[:, :-1], last_only=True)  # logits unused: skip the output projection
     else:  # initialise the row bookkeeping with an empty cache
-        lm.valid = torch.zeros(ids.shape[0], 0, dtype=torch.long, device=lm.device)
-        lm.positions = torch.zeros(ids.shape[0], dtype=torch.long, device=lm.device)
+        lm.start_empty(ids.shape[0])
 
 
 def context_room(prompt_tokens: int, max_context: int) -> int:
@@ -98,7 +96,7 @@ class BatchState:
         for key, value in increments.items():
             setattr(stats, key, getattr(stats, key) + int(value))
 
-    def drop(self, finished: list[int], lms: list[CachedLM], *tensors: torch.Tensor) -> list[torch.Tensor]:
+    def drop(self, finished: list[int], lms: list, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Remove finished batch rows from the caches and from per-row tensors."""
         if not finished:
             return list(tensors)

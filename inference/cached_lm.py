@@ -44,6 +44,11 @@ class CachedLM:
         self.calls = 0
         self.hidden: torch.Tensor | None = None  # (B, n, H) last hidden state of the latest call, if asked
 
+    def start_empty(self, batch: int) -> None:
+        """Row bookkeeping for `batch` rows before anything is fed (prompts of one token)."""
+        self.valid = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(batch, dtype=torch.long, device=self.device)
+
     @torch.inference_mode()
     def forward(
         self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False, want_hidden: bool = False

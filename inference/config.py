@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from deferral.cli_args import flag
 from deferral.errors import DeferralError
+from inference.engines import ENGINE_HELP, ENGINES
 
 
 @dataclass
@@ -24,6 +25,7 @@ class DecodeConfig:
     draft_schedule: str = flag(
         "constant", "constant: K drafts per step; heuristic: 2 more (up to K) after a step that kept every draft, "
                     "1 fewer (down to 1) otherwise")
+    engine: str = flag("auto", "how the models run: " + ENGINE_HELP)
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:
@@ -36,6 +38,8 @@ class DecodeConfig:
             raise DeferralError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
         if self.draft_schedule not in ("constant", "heuristic"):
             raise DeferralError(f"--draft-schedule must be constant or heuristic, got '{self.draft_schedule}'")
+        if self.engine not in ENGINES:
+            raise DeferralError(f"unknown --engine '{self.engine}': choose one of {', '.join(ENGINES)}")
         if self.max_new_tokens < 1:
             raise DeferralError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 

@@ -15,8 +15,8 @@ from deferral.errors import DeferralError
 from deferral.rules import DeferralRule
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
-from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation, TokenSpace
+from inference.engines import open_lm
 from inference.speculative import draw, rule_inputs
 
 
@@ -45,7 +45,8 @@ def sequential_generate(
 
 def _one_row(drafter, target, rule, prompt, cfg, tokens: TokenSpace) -> Generation:
     state = BatchState([prompt], cfg, tokens.eos_ids, tokens.max_context)
-    d_lm, t_lm = CachedLM(drafter, tokens.vocab_size), CachedLM(target, tokens.vocab_size)
+    lm_args = (tokens.vocab_size, cfg.engine, [prompt], cfg.max_new_tokens, cfg.draft_tokens, state)
+    d_lm, t_lm = open_lm(drafter, *lm_args), open_lm(target, *lm_args)
     generator = torch.Generator(device=d_lm.device).manual_seed(cfg.seed)
     ids, valid = left_pad([prompt], tokens.pad_id, d_lm.device)
     prefill(d_lm, ids, valid)

@@ -31,8 +31,8 @@ from deferral.probs import sample, sampling_probs, softmax_fp32
 from deferral.rules import DeferralRule, StepDistributions
 from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
-from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, Generation, TokenSpace
+from inference.engines import open_lm
 from inference.phases import NO_PHASES
 
 
@@ -109,7 +109,8 @@ class SpeculativeDecoder:
         wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
         self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
         self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
-        self.d_lm, self.t_lm = CachedLM(drafter, tokens.vocab_size), CachedLM(target, tokens.vocab_size)
+        lm_args = (tokens.vocab_size, cfg.engine, prompts, cfg.max_new_tokens, cfg.draft_tokens, self.state)
+        self.d_lm, self.t_lm = open_lm(drafter, *lm_args), open_lm(target, *lm_args)
         self.device = self.d_lm.device
         self.pad_id = tokens.pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)

@@ -1,0 +1,261 @@
+"""A fixed-size KV cache for Llama-family models, with CUDA graphs over its forward passes.
+
+`StaticLM` has the interface of `CachedLM` (forward, rollback, select_rows, length, valid, hidden)
+and the same meaning: every row feeds the same number of tokens per call, entries a row does not
+keep stay as masked "holes", and each row's rotary position counts only its valid tokens. What
+differs is where the cache lives and who runs the layers:
+
+- keys and values are preallocated, (B, n_kv_heads, C, head_dim) per layer for C columns, and a
+  call writes its n columns at a cursor; rolling back moves the cursor and clears validity bits,
+  nothing is copied. When the cursor would pass C, every row's valid entries are packed to the left
+  (holes dropped) in place;
+- the layers run from the model's own modules (norms, projections, MLP, rotary embedding), but
+  attention is one `scaled_dot_product_attention` over the whole buffer under a (B, 1, n, C) mask,
+  so a call's shapes depend on (B, n) only. On a CUDA device each (n, last_only, want_hidden) is
+  captured once as a CUDA graph and replayed: a forward then costs a few launches instead of
+  hundreds, which is what bounds a small model's decoding on a GPU;
+- with graphs, rows that finish stay in the buffers as dead rows (fed padding, masked): dropping
+  them would change B and void every captured graph, and a launch-bound forward costs the same with
+  them. Without graphs finished rows are dropped as `CachedLM` drops them.
+
+Supported: `model_type` "llama" with a rotary embedding that depends on positions only (the
+default pair and the SmolLM/Llama families); `supports_static` says so for a model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+STATIC_MODEL_TYPES = ("llama",)
+GRAPH_MAX_TOKENS = 16  # calls feeding more tokens (prefill, a sequential cascade's catch-up) run eagerly
+
+
+def supports_static(model) -> bool:
+    """True when StaticLM can run `model`: a Llama-architecture causal LM with position-only RoPE."""
+    cfg = model.config
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    return (
+        getattr(cfg, "model_type", None) in STATIC_MODEL_TYPES
+        and rope_type in ("default", "linear", "llama3")
+        and hasattr(getattr(model, "model", None), "rotary_emb")
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class StaticLM:
+    """A Llama-family causal LM over a preallocated KV cache of `capacity` columns for `batch` rows."""
+
+    def __init__(self, model, vocab_size: int, batch: int, capacity: int, graphs: bool = False):
+        cfg = model.config
+        self.model, self.vocab_size = model, vocab_size
+        self.layers = model.model.layers
+        param = next(model.parameters())
+        self.device, dtype = param.device, param.dtype
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.capacity = int(capacity)
+        shape = (batch, self.n_kv, self.capacity, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
+        self._valid = torch.zeros(batch, self.capacity, dtype=torch.long, device=self.device)  # 1 = real entry
+        self._positions = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,) valid tokens so far
+        self._columns = torch.arange(self.capacity, device=self.device)  # (C,)
+        self._start = torch.zeros((), dtype=torch.long, device=self.device)  # the cursor, as a graph input
+        self.length = 0  # columns in use: the cursor
+        self.rows = torch.arange(batch, device=self.device)  # physical row of each live row
+        self.graphs = graphs and self.device.type == "cuda"
+        self.keep_dead_rows = self.graphs  # the captured graphs hold the buffers' shapes: B stays
+        self._captured: dict[tuple, tuple] = {}
+        self.calls = 0
+        self.hidden: torch.Tensor | None = None
+        self.owner = None  # weakref to the decode loop using this cache (inference/engines.py)
+        self.capture_s = 0.0  # seconds spent capturing graphs
+
+    def reset(self) -> None:
+        """Empty the cache for a new batch of `batch` rows; captured graphs stay valid (same buffers).
+        Stale keys and values need no clearing: a column is read only once it is fed again."""
+        self._valid.zero_()
+        self._positions.zero_()
+        self.length, self.calls, self.hidden = 0, 0, None
+        self.rows = torch.arange(self._valid.shape[0], device=self.device)
+
+    # ------------------------------------------------------------------ the interface of CachedLM
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B, L) validity of the columns in use, live rows only."""
+        return self._valid[self.rows, : self.length]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self._positions[self.rows]
+
+    def start_empty(self, batch: int) -> None:
+        """Nothing to do: the buffers exist from the start (CachedLM needs this for 1-token prompts)."""
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False, want_hidden: bool = False
+    ) -> torch.Tensor:
+        """Feed (B, n) tokens for the live rows; `valid` (B, n) marks padding as 0. Returns float
+        logits (B, n, V), or (B, 1, V) with `last_only`; final normed hidden states (B, n, H) in
+        `self.hidden` with `want_hidden`."""
+        n = tokens.shape[1]
+        if valid is None:
+            valid = torch.ones_like(tokens)
+        if self.length + n > self.capacity:
+            self._compact()
+            if self.length + n > self.capacity:
+                self._grow(self.length + n)
+        tokens, valid = self._to_physical(tokens, 0), self._to_physical(valid, 0)
+        end = self.length + n
+        self._valid[:, self.length : end] = valid
+        position_ids = (self._positions[:, None] + valid.cumsum(-1) - 1).clamp_min(0)  # (Bp, n)
+        if self.graphs and n <= GRAPH_MAX_TOKENS:
+            logits, hidden = self._replay(tokens, position_ids, n, last_only, want_hidden)
+        else:
+            logits, hidden = self._layers(tokens, position_ids, torch.tensor(self.length, device=self.device),
+                                          end, last_only, want_hidden)
+        self._positions += valid.sum(-1)
+        self.length = end
+        self.calls += 1
+        self.hidden = self._live(hidden) if want_hidden else None
+        return self._live(logits)[..., : self.vocab_size].float()
+
+    @torch.inference_mode()
+    def rollback(self, fed: int, kept: torch.Tensor) -> None:
+        """Of the last `fed` columns fed, live row i keeps its first kept[i]; the rest become holes."""
+        if fed <= 0:
+            return
+        kept = self._to_physical(kept, 0)  # dead rows fed nothing valid: nothing to drop
+        offsets = torch.arange(fed, device=self.device)[None, :]  # (1, fed)
+        tail = self._valid[:, self.length - fed : self.length]  # a view: masking it edits the buffer
+        dropped = tail * (offsets >= kept[:, None]).long()  # (Bp, fed)
+        self._positions -= dropped.sum(-1)
+        tail -= dropped
+        used = self._valid[:, : self.length].any(0).nonzero()
+        self.length = int(used.max()) + 1 if used.numel() else 0  # trailing unused columns: the cursor moves back
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the given live rows (B',) int64 (finished rows leave the batch)."""
+        if self.keep_dead_rows:
+            self.rows = self.rows[rows]
+            return
+        keep = self.rows[rows]
+        self.keys = [k[keep] for k in self.keys]
+        self.values = [v[keep] for v in self.values]
+        self._valid, self._positions = self._valid[keep], self._positions[keep]
+        self.rows = torch.arange(len(keep), device=self.device)
+
+    # ------------------------------------------------------------------ internals
+    def _to_physical(self, x: torch.Tensor, fill: int) -> torch.Tensor:
+        """(B', ...) values of the live rows -> (Bp, ...) over every physical row (dead rows: fill)."""
+        bp = self._valid.shape[0]
+        if x.shape[0] == bp:
+            return x
+        full = torch.full((bp, *x.shape[1:]), fill, dtype=x.dtype, device=x.device)
+        full[self.rows] = x
+        return full
+
+    def _live(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[0] == len(self.rows) else x[self.rows]
+
+    def _compact(self) -> None:
+        """Pack every row's valid columns to the left, in order, in place (graphs keep their buffers)."""
+        width = self.length
+        valid = self._valid[:, :width]
+        order = torch.argsort(1 - valid, dim=-1, stable=True)  # (Bp, L) valid columns first
+        index = order[:, None, :, None].expand(-1, self.n_kv, -1, self.head_dim)
+        for buffers in (self.keys, self.values):
+            for buf in buffers:
+                buf[:, :, :width].copy_(buf[:, :, :width].gather(2, index))
+        valid.copy_(valid.gather(-1, order))
+        self.length = int(valid.sum(-1).max())
+
+    def _grow(self, needed: int) -> None:
+        """Room for `needed` columns: bigger buffers (captured graphs are dropped and recaptured)."""
+        extra = needed - self.capacity + 64
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:-2], extra, t.shape[-1])], dim=-2)  # noqa: E731
+        self.keys = [pad(k) for k in self.keys]
+        self.values = [pad(v) for v in self.values]
+        self._valid = torch.cat([self._valid, self._valid.new_zeros(self._valid.shape[0], extra)], dim=-1)
+        self.capacity += extra
+        self._columns = torch.arange(self.capacity, device=self.device)
+        self._captured.clear()
+
+    def _layers(self, tokens, position_ids, start: torch.Tensor, end: int | None, last_only: bool, want_hidden: bool):
+        """The model over (Bp, n) tokens written at columns start.. of the cache. `end` (a Python
+        int) limits attention to the columns in use; None attends over the whole buffer (graphs).
+        Returns logits (Bp, n or 1, V) and, with want_hidden, normed hidden states (Bp, n, H)."""
+        inner = self.model.model
+        b, n = tokens.shape
+        width = self.capacity if end is None else end
+        cols = start + torch.arange(n, device=self.device)  # (n,) columns written by this call
+        keys_at = self._columns[:width]
+        # Query i sees valid columns up to its own, and always itself (a padding query would otherwise
+        # see nothing and give NaN): (Bp, 1, n, W) for SDPA, True = attend.
+        causal = keys_at[None, :] <= cols[:, None]  # (n, W)
+        mask = causal[None] & (self._valid[:, None, :width].bool() | (keys_at[None, :] == cols[:, None])[None])
+        groups = self.n_heads // self.n_kv
+        mask = mask[:, None].repeat(1, 1, groups, 1)  # (Bp, 1, g*n, W): query heads grouped by kv head
+        h = inner.embed_tokens(tokens)  # (Bp, n, H)
+        cos, sin = inner.rotary_emb(h, position_ids=position_ids)  # (Bp, n, D) each
+        cos, sin = cos[:, None], sin[:, None]
+        for layer, k_buf, v_buf in zip(self.layers, self.keys, self.values):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (Bp, Hq, n, D)
+            k = attn.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)  # (Bp, Hkv, n, D)
+            v = attn.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k_buf.index_copy_(2, cols, k)
+            v_buf.index_copy_(2, cols, v)
+            # Query head j reads kv head j // g (as transformers' repeat_kv): group the queries instead
+            # of repeating the cache: (Bp, Hkv, g*n, D).
+            q = q.reshape(b, self.n_kv, groups * n, self.head_dim)
+            o = F.scaled_dot_product_attention(q, k_buf[:, :, :width], v_buf[:, :, :width], attn_mask=mask,
+                                               scale=attn.scaling)
+            o = o.reshape(b, self.n_heads, n, self.head_dim).transpose(1, 2).reshape(b, n, -1)
+            h = h + attn.o_proj(o)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = inner.norm(h)
+        logits = self.model.lm_head(h[:, -1:] if last_only else h)
+        return logits, (h if want_hidden else None)
+
+    def _replay(self, tokens, position_ids, n: int, last_only: bool, want_hidden: bool):
+        """Run the captured graph for this call's shape (capturing it on first use); outputs cloned,
+        since the next replay overwrites them."""
+        key = (n, last_only, want_hidden)
+        if key not in self._captured:
+            self._captured[key] = self._capture(tokens, position_ids, last_only, want_hidden)
+        graph, static_tokens, static_positions, logits, hidden = self._captured[key]
+        static_tokens.copy_(tokens)
+        static_positions.copy_(position_ids)
+        self._start.fill_(self.length)
+        graph.replay()
+        return logits.clone(), (hidden.clone() if want_hidden else None)
+
+    def _capture(self, tokens, position_ids, last_only: bool, want_hidden: bool):
+        start = time.perf_counter()
+        static_tokens, static_positions = tokens.clone(), position_ids.clone()
+        self._start.fill_(self.length)
+        run = lambda: self._layers(static_tokens, static_positions, self._start, None, last_only, want_hidden)  # noqa: E731
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph (writes the same columns the call writes)
+            run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits, hidden = run()
+        self.capture_s += time.perf_counter() - start
+        return graph, static_tokens, static_positions, logits, hidden
