@@ -31,7 +31,7 @@ import torch
 
 
 from bench_speculative import hf_generate
-from deferral.errors import DeferralError
+from deferral.errors import DeferralError, exit_code_of
 from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, make_rule
 from inference.config import DecodeConfig
@@ -136,11 +136,7 @@ def main(argv=None) -> int:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        return compare(args)
-    except DeferralError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code_of(lambda: compare(args))
 
 
 def compare(args) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from deferral.errors import DeferralError
+from deferral.errors import exit_code_of
 
 SUBCOMMANDS = {
     "generate": ("inference.generate", "decode prompts with a speculative cascade under any rule"),
@@ -46,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: command '{name}' is unavailable ({exc}): reinstall with `pip install -e .`", file=sys.stderr)
         return 2
     try:
-        return int(module.main(rest) or 0)
-    except DeferralError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_of(lambda: int(module.main(rest) or 0))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume where it applies", file=sys.stderr)
         return 130

@@ -91,12 +91,13 @@ def check_flags(args) -> None:
     if args.batch_size < 1 or args.max_queue < 1:
         raise DeferralError("--batch-size and --max-queue must be at least 1")
     DecodeConfig(draft_tokens=args.draft_tokens, temperature=args.temperature, top_p=args.top_p,
-                 max_new_tokens=args.max_new_tokens)  # the same checks as generate
+                 max_new_tokens=args.max_new_tokens, engine=args.engine)  # the same checks as generate
 
 
 def make_server(args, pair):
     """(FastAPI app, Engine) for parsed flags and a loaded pair; the engine is not started."""
     from inference.serving.app import ServerSettings, build_app
+    from inference.engines import resolve_engine
     from inference.serving.engine import Engine
 
     check_flags(args)
@@ -109,10 +110,13 @@ def make_server(args, pair):
     except RequestError as exc:
         raise DeferralError(exc.message) from None
     warn_alpha_outside_range(args.rule, args.alpha)
+    for model in (pair.drafter.model, pair.target.model):  # an engine this machine or model lacks stops it here
+        resolve_engine(args.engine, model)
     defaults = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         seed=args.seed)
     name = args.model_name or served_name(pair.target.identity.get("source", "deferral"))
-    engine = Engine(pair, rules, draft_tokens=args.draft_tokens, max_batch=args.batch_size, max_queue=args.max_queue)
+    engine = Engine(pair, rules, draft_tokens=args.draft_tokens, max_batch=args.batch_size, max_queue=args.max_queue,
+                    engine=args.engine)
     settings = ServerSettings(model_name=str(name), defaults=defaults, cascade=default, chat_prompts=args.chat)
     return build_app(engine, settings), engine
 

@@ -33,6 +33,7 @@ from inference.acceptance import accept_drafts, residual_sample
 from inference.batch import BatchState, left_pad, prefill
 from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.engines import open_lm
+from inference.graphed_rule import graphed_decision
 from inference.phases import NO_PHASES
 
 
@@ -111,6 +112,8 @@ class SpeculativeDecoder:
         self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
         lm_args = (tokens.vocab_size, cfg.engine, prompts, cfg.max_new_tokens, cfg.draft_tokens, self.state)
         self.d_lm, self.t_lm = open_lm(drafter, *lm_args), open_lm(target, *lm_args)
+        graphed = getattr(self.t_lm, "graphs", False) and rule.decides
+        self.decide = graphed_decision(rule) if graphed else rule.defers  # (N,) bool: defer at each position
         self.device = self.d_lm.device
         self.pad_id = tokens.pad_id
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -227,7 +230,7 @@ class SpeculativeDecoder:
                 # Greedy, keep-or-defer rule: π(x) is 1 where the rule keeps x or x is the target's
                 # argmax and 0 elsewhere, and the residual at the first rejection is the target's
                 # argmax, so only the decision is needed, not π over the vocabulary.
-                deferred = rule.defers(d).view(b, k)
+                deferred = self.decide(d).view(b, k)
                 p_arg = p_logits[:, :k].argmax(-1)  # (B, k)
                 n_kept = (~deferred | (drafts == p_arg)).long().cumprod(-1).sum(-1)  # (B,)
                 next_token = p_arg[rows, n_kept.clamp_max(k - 1)]

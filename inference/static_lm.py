@@ -25,6 +25,7 @@ default pair and the SmolLM/Llama families); `supports_static` says so for a mod
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,24 @@ def supports_static(model) -> bool:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fused_qkv(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per layer, the q, k and v projections as one weight (Hq*D + 2*Hkv*D, H) and bias (or None),
+    built once per model and shared by every cache of it."""
+    if model not in _FUSED:
+        fused = []
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+            weight = torch.cat([p.weight for p in projections]).detach()
+            bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections]).detach()
+            fused.append((weight, bias))
+        _FUSED[model] = fused
+    return _FUSED[model]
 
 
 class StaticLM:
@@ -194,37 +213,42 @@ class StaticLM:
     def _layers(self, tokens, position_ids, start: torch.Tensor, end: int | None, last_only: bool, want_hidden: bool):
         """The model over (Bp, n) tokens written at columns start.. of the cache. `end` (a Python
         int) limits attention to the columns in use; None attends over the whole buffer (graphs).
-        Returns logits (Bp, n or 1, V) and, with want_hidden, normed hidden states (Bp, n, H)."""
+        Returns logits (Bp, n or 1, V) and, with want_hidden, normed hidden states (Bp, n, H).
+
+        Written for few kernels, since a small model's step is bound by their number: one matmul
+        for q, k and v (weights concatenated once), one rotary pass over q and k together, and
+        attention as two batched matmuls and a softmax under an additive mask built once per call
+        (a masked fused-attention kernel costs more than all three at these sizes)."""
         inner = self.model.model
         b, n = tokens.shape
+        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
+        groups = hq // hkv
         width = self.capacity if end is None else end
         cols = start + torch.arange(n, device=self.device)  # (n,) columns written by this call
         keys_at = self._columns[:width]
         # Query i sees valid columns up to its own, and always itself (a padding query would otherwise
-        # see nothing and give NaN): (Bp, 1, n, W) for SDPA, True = attend.
+        # see nothing and give NaN).
         causal = keys_at[None, :] <= cols[:, None]  # (n, W)
-        mask = causal[None] & (self._valid[:, None, :width].bool() | (keys_at[None, :] == cols[:, None])[None])
-        groups = self.n_heads // self.n_kv
-        mask = mask[:, None].repeat(1, 1, groups, 1)  # (Bp, 1, g*n, W): query heads grouped by kv head
+        seen = causal[None] & (self._valid[:, None, :width].bool() | (keys_at[None, :] == cols[:, None])[None])
         h = inner.embed_tokens(tokens)  # (Bp, n, H)
+        bias = torch.zeros(seen.shape, dtype=h.dtype, device=self.device).masked_fill_(~seen, float("-inf"))
+        bias = bias[:, None, None].expand(b, 1, groups, n, width).reshape(b, 1, groups * n, width)  # (Bp, 1, g*n, W)
         cos, sin = inner.rotary_emb(h, position_ids=position_ids)  # (Bp, n, D) each
-        cos, sin = cos[:, None], sin[:, None]
-        for layer, k_buf, v_buf in zip(self.layers, self.keys, self.values):
+        cos, sin = cos[:, :, None], sin[:, :, None]  # (Bp, n, 1, D): broadcast over heads
+        for layer, (w_qkv, b_qkv), k_buf, v_buf in zip(self.layers, _fused_qkv(self.model), self.keys, self.values):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (Bp, Hq, n, D)
-            k = attn.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)  # (Bp, Hkv, n, D)
-            v = attn.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            k_buf.index_copy_(2, cols, k)
-            v_buf.index_copy_(2, cols, v)
+            qkv = F.linear(layer.input_layernorm(h), w_qkv, b_qkv).view(b, n, hq + 2 * hkv, d)
+            qk = qkv[:, :, : hq + hkv]
+            qk = qk * cos + _rotate_half(qk) * sin  # (Bp, n, Hq + Hkv, D)
+            q = qk[:, :, :hq].transpose(1, 2)  # (Bp, Hq, n, D)
+            k_buf.index_copy_(2, cols, qk[:, :, hq:].transpose(1, 2))  # (Bp, Hkv, n, D) into the cache
+            v_buf.index_copy_(2, cols, qkv[:, :, hq + hkv :].transpose(1, 2))
             # Query head j reads kv head j // g (as transformers' repeat_kv): group the queries instead
             # of repeating the cache: (Bp, Hkv, g*n, D).
-            q = q.reshape(b, self.n_kv, groups * n, self.head_dim)
-            o = F.scaled_dot_product_attention(q, k_buf[:, :, :width], v_buf[:, :, :width], attn_mask=mask,
-                                               scale=attn.scaling)
-            o = o.reshape(b, self.n_heads, n, self.head_dim).transpose(1, 2).reshape(b, n, -1)
+            q = q.reshape(b, hkv, groups * n, d) * attn.scaling
+            scores = torch.matmul(q, k_buf[:, :, :width].transpose(-1, -2)) + bias  # (Bp, Hkv, g*n, W)
+            o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v_buf[:, :, :width])
+            o = o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
             h = h + attn.o_proj(o)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         h = inner.norm(h)

@@ -109,6 +109,14 @@ def test_completion_equals_generate_for_lossless_and_lossy_rules(pair, client):
     assert lossy.usage.model_dump()["deferred"] < usage["deferred"]  # the lenient rule keeps drafts
 
 
+def test_the_static_engine_serves_the_same_text(pair):
+    ids = encode_prompts(pair, ["def f(x):"])[0]
+    with serving(pair, "--max-new-tokens", str(MAX_NEW), "--engine", "static") as url:
+        api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        out = api.completions.create(model="m", prompt="def f(x):", max_tokens=MAX_NEW)
+    assert out.choices[0].text == reference(pair, ids)
+
+
 def test_streaming_sends_blocks_then_usage(pair, client):
     chunks = list(client.completions.create(model="m", prompt="def f(x):", max_tokens=MAX_NEW, stream=True))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -194,6 +202,8 @@ def test_bad_requests_get_400_naming_the_field(url, body, param, words):
     (["--threshold", "0.3"], "--rule learned"),
     (["--rule", "target"], "cannot be served"),
     (["--max-queue", "0"], "at least 1"),
+    (["--engine", "graphs"], "needs a CUDA device"),
+    (["--engine", "fast"], "unknown --engine"),
 ])
 def test_server_flags_that_cannot_work_stop_it_before_it_listens(tiny_dir, flags, words, capsys):
     from deferral.cli import main as deferral

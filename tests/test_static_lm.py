@@ -13,7 +13,7 @@ import torch
 from deferral.errors import DeferralError
 from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, make_rule
-from inference.batch import left_pad, prefill
+from inference.batch import left_pad
 from inference.cached_lm import CachedLM
 from inference.config import DecodeConfig, TokenSpace
 from inference.engines import cache_capacity, open_lm, resolve_engine
@@ -175,3 +175,22 @@ def test_generate_cli_takes_the_engine_flag(tiny_dir, capsys):
     assert capsys.readouterr().out == static
     assert main(args + ["--engine", "graphs"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_check_engines_script_compares_engines(tiny_dir, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import check_engines
+
+    args = ["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"), "--engines", "static,hf",
+            "--rules", "target,speculative,token-v3:0.5", "--prompts", "3", "--prompt-chars", "80",
+            "--max-new-tokens", "12",
+            "--batch-sizes", "1,3"]
+    assert check_engines.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("same tokens as static: hf 3/3") == 6
+    assert out.count("equal to the target on every engine: yes") == 4
+    assert check_engines.main(args[:-2] + ["--prompt-chars", "600"]) == 2  # too long for the tiny context
+    assert "error: a prompt has" in capsys.readouterr().err
