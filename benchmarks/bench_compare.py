@@ -45,7 +45,7 @@ LOSSLESS = ("speculative (ours)", "assisted (transformers)", "target (transforme
 
 
 def lossless(method: str) -> bool:
-    return method.split(" [")[0] in LOSSLESS
+    return method.split(" [")[0] in LOSSLESS or method.startswith("speculative (")
 
 
 def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
@@ -62,13 +62,30 @@ def best_hand_set_rule(results_path: Path) -> tuple[str, float]:
     return pick["rule"], pick["knob"]
 
 
+DRAFTING_KEYS = {"k": ("draft_tokens", int), "schedule": ("draft_schedule", str),
+                 "confidence": ("draft_confidence", float), "stop": ("draft_stop", str), "risk": ("draft_stop_risk", float)}
+
+
+def drafting_settings(spec: str) -> dict:
+    """'k=8,stop=head.json,risk=0.5' -> DecodeConfig fields (keys: k, schedule, confidence, stop, risk)."""
+    settings = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key not in DRAFTING_KEYS or not value:
+            raise DeferralError(f"--drafting '{spec}': '{item}' is not KEY=VALUE with KEY one of {', '.join(DRAFTING_KEYS)}")
+        field, kind = DRAFTING_KEYS[key]
+        settings[field] = kind(value)
+    return settings
+
+
 def build_methods(args, pair, target, drafter, eos):
     """name -> function(group of prompt ids) returning (tokens per prompt, seconds, target_calls or None).
     transformers' generate and assisted generation decode one prompt at a time: at batch size 1 only."""
     engines = args.engine.split(",")
 
-    def ours(rule, engine):
-        cfg = DecodeConfig(draft_tokens=args.draft_tokens, max_new_tokens=args.max_new_tokens, engine=engine)
+    def ours(rule, engine, **drafting):
+        cfg = DecodeConfig(**{"draft_tokens": args.draft_tokens, "max_new_tokens": args.max_new_tokens,
+                              "engine": engine, **drafting})
 
         def decode(group):
             start = time.perf_counter()
@@ -101,7 +118,10 @@ def build_methods(args, pair, target, drafter, eos):
     for engine in engines:  # the first engine's "target only" is every ratio's denominator
         for name, rule in rules.items():
             methods[name if engine == engines[0] else f"{name} [{engine}]"] = ours(rule, engine)
-        if engine == engines[0] and args.batch_size == 1:
+        for spec in args.drafting:  # lossless speculative decoding under other drafting settings
+            name = f"speculative ({spec})" + ("" if engine == engines[0] else f" [{engine}]")
+            methods[name] = ours(make_rule("speculative"), engine, **drafting_settings(spec))
+        if engine == engines[0] and args.batch_size == 1 and not args.no_transformers:
             methods["target (transformers generate)"] = transformers(None)
             methods["assisted (transformers)"] = transformers(drafter)
     return methods
@@ -128,6 +148,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together by our loops")
     parser.add_argument("--engine", default="auto", help="our loops' --engine; several comma-separated "
                         "(hf,graphs) repeat our methods under each, the first one's target being the baseline")
+    parser.add_argument("--drafting", nargs="*", default=[], help="extra lossless speculative rows under other "
+                        "drafting settings, e.g. k=3 k=5,schedule=heuristic k=8,confidence=0.4 k=8,stop=HEAD.json,risk=0.5")
+    parser.add_argument("--no-transformers", action="store_true", help="leave out transformers' generate and "
+                        "assisted generation")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:

@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 
-Q_STATS = ("q_top1", "q_top2", "q_top3", "q_top4", "q_entropy", "q_margin")
+from deferral.features import DRAFTER_FEATURES as Q_STATS  # q_top1-4, q_entropy, q_margin
 
 
 def stop_signal(features: np.ndarray, names: list[str], doc_id: np.ndarray) -> dict[str, float]:

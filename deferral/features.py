@@ -62,13 +62,27 @@ def _entropy(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def drafter_columns(q_top: torch.Tensor, logq: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The features of a position that the drafter alone gives (what a stop head can read before the
+    target runs): name -> (N,). q_top: (N, TOP_K) descending probabilities; logq: (N, V)."""
+    return {
+        **{f"q_top{i + 1}": q_top[:, i] for i in range(TOP_K)},
+        "q_entropy": _entropy(logq),
+        "q_margin": q_top[:, 0] - q_top[:, 1],
+    }
+
+
+def drafter_statistics(q_logits: torch.Tensor) -> torch.Tensor:
+    """(N, V) drafter logits -> (N, len(DRAFTER_FEATURES)) float32, in DRAFTER_FEATURES order."""
+    logq = torch.log_softmax(q_logits.float(), -1)
+    return torch.stack(list(drafter_columns(logq.exp().topk(TOP_K, -1).values, logq).values()), dim=-1)
+
+
 def position_columns(d: Distributions) -> dict[str, torch.Tensor]:
     """Features of a position, the same for every candidate token: name -> (N,)."""
     q, p, logq, logp = d.q, d.p, d.logq, d.logp
     return {
-        **{f"q_top{i + 1}": d.q_top[:, i] for i in range(TOP_K)},
-        "q_entropy": _entropy(logq),
-        "q_margin": d.q_top[:, 0] - d.q_top[:, 1],
+        **drafter_columns(d.q_top, logq),
         **{f"p_top{i + 1}": d.p_top[:, i] for i in range(TOP_K)},
         "p_entropy": _entropy(logp),
         "p_margin": d.p_top[:, 0] - d.p_top[:, 1],
@@ -316,3 +330,4 @@ def compute_features(
 
 
 POSITION_FEATURES, TOKEN_FEATURES, LOOKAHEAD_FEATURES = _names_of_builders()
+DRAFTER_FEATURES = tuple(drafter_columns(torch.ones(1, TOP_K), torch.zeros(1, 2)))  # names, read off a stand-in call

@@ -25,6 +25,10 @@ class DecodeConfig:
     draft_schedule: str = flag(
         "constant", "constant: K drafts per step; heuristic: 2 more (up to K) after a step that kept every draft, "
                     "1 fewer (down to 1) otherwise")
+    draft_stop: str | None = flag(
+        None, "a learned stop head (JSON from benchmarks/fit_stop_head.py): end a step's drafts once the chance "
+              "that the block holds a rejected draft exceeds --draft-stop-risk in every row")
+    draft_stop_risk: float = flag(0.5, "the stop head's risk level, in (0, 1); larger drafts longer blocks")
     engine: str = flag("auto", "how the models run: " + ENGINE_HELP)
 
     def __post_init__(self) -> None:
@@ -38,6 +42,8 @@ class DecodeConfig:
             raise DeferralError(f"--draft-confidence must be in [0, 1], got {self.draft_confidence}")
         if self.draft_schedule not in ("constant", "heuristic"):
             raise DeferralError(f"--draft-schedule must be constant or heuristic, got '{self.draft_schedule}'")
+        if not 0 < self.draft_stop_risk < 1:
+            raise DeferralError(f"--draft-stop-risk must be in (0, 1), got {self.draft_stop_risk}")
         if self.engine not in ENGINES:
             raise DeferralError(f"unknown --engine '{self.engine}': choose one of {', '.join(ENGINES)}")
         if self.max_new_tokens < 1:

@@ -35,6 +35,7 @@ from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.engines import open_lm
 from inference.graphed_rule import graphed_decision
 from inference.phases import NO_PHASES
+from inference.stop_head import load_stop_head
 
 
 def rule_inputs(
@@ -120,6 +121,7 @@ class SpeculativeDecoder:
         self.lossless = rule.lossless  # π = p: the bonus token needs no q; greedy acceptance is an argmax match
         self.greedy_decisions = greedy_decisions  # False: build π even at T = 0 (the two paths are tested equal)
         self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
+        self.stop_head = load_stop_head(cfg.draft_stop) if cfg.draft_stop else None
         ids, valid = left_pad(prompts, tokens.pad_id, self.device)
         prefill(self.d_lm, ids, valid)
         prefill(self.t_lm, ids, valid)
@@ -153,13 +155,14 @@ class SpeculativeDecoder:
         """Draft up to K tokens: q_logits (B, k, V), drafts (B, k), and q at position k + 1 when
         adaptive drafting stopped early (the drafter has then already fed every draft). With drafter
         hidden states wanted, self.q_hidden holds (B, k, H), plus (B, 1, H) in self.q_hidden_after."""
-        cfg, floor = self.cfg, self.cfg.draft_confidence
+        cfg = self.cfg
         tokens, valid = self._first_drafter_input()
         q_steps, drafts, hidden = [], [], []
         self.q_hidden = self.q_hidden_after = None
+        self._block_survives = None  # (B,) stop head: P(every draft so far is kept)
         for j in range(min(self.k_now, self.state.draft_room())):  # K capped by the context left
             logits = self.d_lm.forward(tokens, valid, last_only=True, want_hidden=self.drafter_hidden)[:, -1]  # (B, V)
-            if floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all()):
+            if self._stop_before(j, logits):
                 self._keep_drafter_hidden(hidden, after=True)
                 return torch.stack(q_steps, 1), torch.stack(drafts, 1), logits
             token = draw_from_logits(logits, cfg, self.generator)
@@ -170,6 +173,20 @@ class SpeculativeDecoder:
             tokens, valid = token[:, None], None
         self._keep_drafter_hidden(hidden, after=False)
         return torch.stack(q_steps, 1), torch.stack(drafts, 1), None
+
+    def _stop_before(self, j: int, logits: torch.Tensor) -> bool:
+        """Whether to end the block before draft j, from the drafter's logits there (B, V) alone: its
+        top probability under the --draft-confidence floor, or the stop head's risk that the block
+        with draft j would hold a rejected draft above --draft-stop-risk, in every row. Draft 0 is
+        always made."""
+        cfg = self.cfg
+        if self.stop_head is not None:
+            keep = self.stop_head.keep_probability(logits)  # (B,)
+            self._block_survives = keep if self._block_survives is None else self._block_survives * keep
+            if j > 0 and bool((1 - self._block_survives > cfg.draft_stop_risk).all()):
+                return True
+        floor = cfg.draft_confidence
+        return floor is not None and j > 0 and bool((softmax_fp32(logits).amax(-1) < floor).all())
 
     def _keep_drafter_hidden(self, hidden: list[torch.Tensor], after: bool) -> None:
         if self.drafter_hidden:

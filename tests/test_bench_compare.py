@@ -60,3 +60,19 @@ def test_bad_batch_size_is_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--batch-size", "0"])
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_engines_and_drafting_settings_add_rows(bench, tiny_dir, task_file, tmp_path):
+    rows = compare(bench, tiny_dir, task_file, tmp_path, "--engine", "hf,static", "--no-transformers",
+                   "--drafting", "k=2", "k=5,schedule=heuristic", "k=6,confidence=0.3")
+    drafting = ["speculative (k=2)", "speculative (k=5,schedule=heuristic)", "speculative (k=6,confidence=0.3)"]
+    for name in ["speculative (ours)", *drafting]:
+        assert rows[name]["equality_promised"] and rows[name]["greedy_equal_to_target"] == "5/5", name
+        assert rows[f"{name} [static]"]["greedy_equal_to_target"] == "5/5", name
+    assert "target (transformers generate)" not in rows and "target only [static]" in rows
+
+
+def test_bad_drafting_setting_is_one_error_line(bench, tiny_dir, task_file, capsys):
+    rc = bench.main(["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                     "--task", f"hf:{task_file}", "--limit", "2", "--drafting", "k=3,depth=2"])
+    assert rc == 2 and "'depth=2' is not KEY=VALUE" in capsys.readouterr().err
