@@ -43,6 +43,14 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+# Decoding settings of the server as a whole (a request sets its sampling and length, not these).
+SERVER_DECODE_FIELDS = ("draft_confidence", "draft_schedule", "draft_stop", "draft_stop_risk", "engine")
+
+
+def server_decode_settings(args) -> dict:
+    return {name: getattr(args, name) for name in SERVER_DECODE_FIELDS}
+
+
 class RuleCache:
     """Rules by request choice, built once (a learned rule loads and checks its router once)."""
 
@@ -91,7 +99,7 @@ def check_flags(args) -> None:
     if args.batch_size < 1 or args.max_queue < 1:
         raise DeferralError("--batch-size and --max-queue must be at least 1")
     DecodeConfig(draft_tokens=args.draft_tokens, temperature=args.temperature, top_p=args.top_p,
-                 max_new_tokens=args.max_new_tokens, engine=args.engine)  # the same checks as generate
+                 max_new_tokens=args.max_new_tokens, **server_decode_settings(args))  # the same checks as generate
 
 
 def make_server(args, pair):
@@ -116,7 +124,7 @@ def make_server(args, pair):
                         seed=args.seed)
     name = args.model_name or served_name(pair.target.identity.get("source", "deferral"))
     engine = Engine(pair, rules, draft_tokens=args.draft_tokens, max_batch=args.batch_size, max_queue=args.max_queue,
-                    engine=args.engine)
+                    drafting=server_decode_settings(args))
     settings = ServerSettings(model_name=str(name), defaults=defaults, cascade=default, chat_prompts=args.chat)
     return build_app(engine, settings), engine
 

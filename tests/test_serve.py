@@ -109,12 +109,16 @@ def test_completion_equals_generate_for_lossless_and_lossy_rules(pair, client):
     assert lossy.usage.model_dump()["deferred"] < usage["deferred"]  # the lenient rule keeps drafts
 
 
-def test_the_static_engine_serves_the_same_text(pair):
+def test_server_wide_engine_and_drafting_flags_reach_the_decoder(pair, client):
+    """--engine static and an adaptive-drafting floor: the same lossless text, fewer drafts per call."""
     ids = encode_prompts(pair, ["def f(x):"])[0]
-    with serving(pair, "--max-new-tokens", str(MAX_NEW), "--engine", "static") as url:
+    plain = client.completions.create(model="m", prompt="def f(x):", max_tokens=MAX_NEW).usage.model_dump()
+    with serving(pair, "--max-new-tokens", str(MAX_NEW), "--engine", "static", "--draft-confidence", "0.999") as url:
         api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         out = api.completions.create(model="m", prompt="def f(x):", max_tokens=MAX_NEW)
     assert out.choices[0].text == reference(pair, ids)
+    usage = out.usage.model_dump()
+    assert usage["drafted"] / usage["target_calls"] < plain["drafted"] / plain["target_calls"]
 
 
 def test_streaming_sends_blocks_then_usage(pair, client):

@@ -55,12 +55,12 @@ class Cohort:
     """Jobs decoded together in one batch (row i = jobs[i])."""
 
     def __init__(self, pair, rule: DeferralRule, jobs: list[Job], draft_tokens: int, tokens: TokenSpace,
-                 engine: str = "auto"):
+                 drafting: dict | None = None):
         self.jobs, self.eos = jobs, tokens.eos_ids
         s = jobs[0].sampling
         seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
         cfg = DecodeConfig(draft_tokens=draft_tokens, temperature=s.temperature, top_p=s.top_p,
-                           max_new_tokens=max(j.sampling.max_tokens for j in jobs), seed=seed, engine=engine)
+                           max_new_tokens=max(j.sampling.max_tokens for j in jobs), seed=seed, **(drafting or {}))
         self.decoder = SpeculativeDecoder(
             pair.drafter.model, pair.target.model, rule, [j.prompt_ids for j in jobs], cfg, tokens,
         )
@@ -117,12 +117,12 @@ class Engine:
     """Owns the pair; `submit` queues a job (HTTP 429 beyond `max_queue` requests in flight)."""
 
     def __init__(self, pair, rule_for: Callable[[CascadeChoice], DeferralRule], draft_tokens: int = 5,
-                 max_batch: int = 16, max_queue: int = 64, engine: str = "auto"):
+                 max_batch: int = 16, max_queue: int = 64, drafting: dict | None = None):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.pair, self.rule_for = pair, rule_for
         self.draft_tokens, self.max_batch, self.max_queue = draft_tokens, max_batch, max_queue
-        self.engine = engine  # inference/engines.py: how the models run
+        self.drafting = drafting or {}  # DecodeConfig fields every request shares (SERVER_DECODE_FIELDS)
         self.tokens = token_space(pair)
         self._pending: deque[Job] = deque()
         self._cohorts: list[Cohort] = []
@@ -167,7 +167,7 @@ class Engine:
                 chunk = group[start : start + self.max_batch]
                 try:
                     cohort = Cohort(self.pair, self.rule_for(chunk[0].cascade), chunk, self.draft_tokens, self.tokens,
-                                    self.engine)
+                                    self.drafting)
                     cohort.publish()
                 except Exception as exc:  # noqa: BLE001 - one batch's failure must not stop the server
                     for job in chunk:
