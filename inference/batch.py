@@ -54,7 +54,9 @@ class BatchState:
     the end of the context instead of the budget shrinking by K).
     """
 
-    def __init__(self, prompts: list[list[int]], cfg: DecodeConfig, eos_ids: set[int], max_context: int):
+    def __init__(self, prompts: list[list[int]], cfg: DecodeConfig, eos_ids: set[int], max_context: int,
+                 first: list[int] | None = None):
+        """`first`: the prompts (indices) that start as rows; the others wait for `admit` (default: all)."""
         check_prompt_room(prompts, max_context)
         self.cfg = cfg
         self.eos_ids = eos_ids if cfg.stop_at_eos else set()
@@ -63,8 +65,16 @@ class BatchState:
         self.budget = [min(cfg.max_new_tokens, context_room(len(p), max_context)) for p in prompts]
         self.tokens: list[list[int]] = [[] for _ in prompts]
         self.stats = [RequestStats() for _ in prompts]
-        self.active: list[int] = list(range(len(prompts)))  # original indices of rows in the batch
+        self.active: list[int] = list(range(len(prompts))) if first is None else list(first)  # rows' prompt indices
         self.start = time.perf_counter()
+        self.row_start = [self.start] * len(prompts)  # when each prompt became a row (its wall_s counts from it)
+
+    def admit(self, indices: list[int]) -> None:
+        """Prompts (indices) that become rows now, after the current ones."""
+        now = time.perf_counter()
+        for i in indices:
+            self.row_start[i] = now
+        self.active.extend(indices)
 
     def commit(self, row: int, new: list[int]) -> bool:
         """Append tokens to a row (batch position `row`); return True when the row is finished."""
@@ -78,7 +88,7 @@ class BatchState:
         self.tokens[idx].extend(new)
         done = len(self.tokens[idx]) >= self.budget[idx] or bool(new and new[-1] in self.eos_ids)
         if done:
-            self.stats[idx].wall_s = time.perf_counter() - self.start
+            self.stats[idx].wall_s = time.perf_counter() - self.row_start[idx]
         return done
 
     def cap(self, idx: int, max_new_tokens: int) -> None:
@@ -111,5 +121,5 @@ class BatchState:
         for idx, stats in enumerate(self.stats):
             stats.new_tokens = len(self.tokens[idx])
             if stats.wall_s == 0.0:
-                stats.wall_s = time.perf_counter() - self.start
+                stats.wall_s = time.perf_counter() - self.row_start[idx]
         return [Generation(tokens=t, stats=s) for t, s in zip(self.tokens, self.stats)]

@@ -116,6 +116,16 @@ class CachedLM:
         self.valid = self.valid[rows]
         self.positions = self.positions[rows]
 
+    def add_rows(self, m: int) -> None:
+        """Append m empty rows (prompts joining the batch; their prefill follows as a forward in which
+        the other rows feed padding)."""
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:  # also when every row had left
+                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((m, *layer.keys.shape[1:]))])
+                layer.values = torch.cat([layer.values, layer.values.new_zeros((m, *layer.values.shape[1:]))])
+        self.valid = torch.cat([self.valid, self.valid.new_zeros((m, self.valid.shape[1]))])
+        self.positions = torch.cat([self.positions, self.positions.new_zeros(m)])
+
     @property
     def length(self) -> int:
         """Columns in the cache (valid entries plus holes)."""

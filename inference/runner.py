@@ -71,16 +71,28 @@ def run(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Generation]:
     """Decode every prompt; rows of a batch share one decode loop. Returns one Generation per prompt,
-    in the order of `prompts`. `on_batch(n)` hears of each batch of n prompts as it finishes.
+    in the order of `prompts`. `on_batch(n)` hears of n prompts finishing.
 
-    Batches are formed over the prompts sorted by length, longest first: rows of one batch are
-    left-padded to its longest prompt, so mixing lengths would spend most of a large batch's
-    prefill and attention on padding (and the longest batch first shows a memory limit at once)."""
+    Prompts are taken sorted by length, longest first: rows decoded together are left-padded to the
+    longest of them, so mixing lengths would spend much of a large batch's prefill and attention on
+    padding (and the longest prompts first show a memory limit at once). A speculative cascade keeps
+    batch_size rows busy, a waiting prompt taking the row of one that finished; the target or drafter
+    alone and the sequential cascade decode batches of batch_size prompts one after another."""
     if batch_size < 1:
         raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
     tokens = token_space(pair)
     order = length_order(prompts)
     results: list[Generation | None] = [None] * len(prompts)
+    if batch_size > 1 and not rule.plain_model and not sequential:
+        # One decode loop over every prompt with batch_size rows: a prompt takes the row of one that
+        # finished, so rows that accept more drafts (and finish sooner) do not wait for the slowest.
+        ordered = [prompts[i] for i in order]
+        generations = speculative_generate(pair.drafter.model, pair.target.model, rule, ordered,
+                                           replace(cfg, seed=cfg.seed + order[0]), tokens, slots=batch_size,
+                                           on_finish=on_batch)
+        for i, generation in zip(order, generations):
+            results[i] = generation
+        return results
     for start in range(0, len(prompts), batch_size):
         rows = order[start : start + batch_size]
         chunk = [prompts[i] for i in rows]

@@ -104,14 +104,21 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def __init__(self, drafter, target, rule, prompts, cfg, tokens: TokenSpace, observer=None, phases=None,
-                 greedy_decisions: bool = True):
+                 greedy_decisions: bool = True, slots: int | None = None):
+        """`slots`: at most this many rows decode at once; prompts waiting in line take the rows of
+        finished ones, a quarter of the rows at a time (default: every prompt is a row from the start)."""
         self.rule, self.cfg = rule, cfg
         self.phases = phases or NO_PHASES  # a PhaseTimer adds up each phase's wall time (inference/phases.py)
         self.prompts, self.observer = prompts, observer
         wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
         self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
-        self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context)
-        lm_args = (tokens.vocab_size, cfg.engine, prompts, cfg.max_new_tokens, cfg.draft_tokens, self.state)
+        self.slots = len(prompts) if slots is None else max(1, slots)
+        self.join_at = max(1, self.slots // 4)  # free rows that make waiting prompts join
+        first = list(range(min(self.slots, len(prompts))))
+        self.waiting = list(range(len(first), len(prompts)))  # prompt indices not yet rows, in order
+        self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context, first=first)
+        lm_args = (tokens.vocab_size, cfg.engine, prompts[: len(first)], cfg.max_new_tokens, cfg.draft_tokens,
+                   self.state)
         self.d_lm, self.t_lm = open_lm(drafter, *lm_args), open_lm(target, *lm_args)
         graphed = getattr(self.t_lm, "graphs", False) and rule.decides
         self.decide = graphed_decision(rule) if graphed else rule.defers  # (N,) bool: defer at each position
@@ -122,21 +129,50 @@ class SpeculativeDecoder:
         self.greedy_decisions = greedy_decisions  # False: build π even at T = 0 (the two paths are tested equal)
         self.k_now = cfg.draft_tokens  # this step's draft length (see DecodeConfig.draft_schedule)
         self.stop_head = load_stop_head(cfg.draft_stop) if cfg.draft_stop else None
-        ids, valid = left_pad(prompts, tokens.pad_id, self.device)
+        ids, valid = left_pad([prompts[i] for i in first], tokens.pad_id, self.device)
         prefill(self.d_lm, ids, valid)
         prefill(self.t_lm, ids, valid)
-        for row in range(len(prompts)):
+        for row in range(len(first)):
             self.state.count(row, drafter_calls=ids.shape[1] > 1, target_calls=ids.shape[1] > 1)
         self.last = ids[:, -1]  # (B,) last committed token of each row
         self.pending: torch.Tensor | None = None  # (B,) committed token the drafter still lacks, or -1
-        done = [r for r in range(len(prompts)) if self.state.commit(r, [])]
+        self.finished = 0  # prompts done so far
+        done = [r for r in range(len(first)) if self.state.commit(r, [])]
         self._drop(done)
+        self._admit_waiting()
 
     @property
     def active(self) -> bool:
         return bool(self.state.active)
 
+    @torch.inference_mode()
+    def _admit_waiting(self) -> None:
+        """Give the rows of finished prompts to waiting ones: both caches add the rows and take their
+        prompts in one forward each, in which the rows already decoding feed padding (holes)."""
+        room = self.slots - len(self.state.active)
+        # Joining costs a prefill forward of both models (eager: its width varies), so prompts join a
+        # quarter of the rows at a time (or the last few waiting, or into an empty batch).
+        if room <= 0 or not self.waiting or (room < min(self.join_at, len(self.waiting)) and self.state.active):
+            return
+        joining, self.waiting = self.waiting[:room], self.waiting[room:]
+        ids, valid = left_pad([self.prompts[i] for i in joining], self.pad_id, self.device)  # (m, T)
+        b, m, width = len(self.state.active), len(joining), ids.shape[1]
+        for lm in (self.d_lm, self.t_lm):
+            lm.add_rows(m)
+            if width > 1:  # every prompt token but the last, as prefill feeds them
+                pad_rows = torch.full((b, width - 1), self.pad_id, dtype=ids.dtype, device=self.device)
+                lm.forward(torch.cat([pad_rows, ids[:, :-1]]), torch.cat([torch.zeros_like(pad_rows), valid[:, :-1]]),
+                           last_only=True)
+        self.state.admit(joining)
+        for row in range(b, b + m):
+            self.state.count(row, drafter_calls=width > 1, target_calls=width > 1)
+        self.last = torch.cat([self.last, ids[:, -1]])
+        if self.pending is not None:
+            self.pending = torch.cat([self.pending, torch.full((m,), -1, dtype=self.pending.dtype, device=self.device)])
+        self._drop([r for r in range(b, b + m) if self.state.commit(r, [])])
+
     def _drop(self, finished: list[int]) -> None:
+        self.finished += len(finished)
         tensors = [self.last] if self.pending is None else [self.last, self.pending]
         kept = self.state.drop(finished, [self.d_lm, self.t_lm], *tensors)
         self.last = kept[0]
@@ -220,6 +256,7 @@ class SpeculativeDecoder:
             n_kept, next_token, deferred, fed_last, q_after = self._decide(q_logits, drafts, p_logits, p_hidden, q_after)
         with self.phases("bookkeeping"):
             self._finish_step(drafts, n_kept, next_token, deferred, fed_last)
+        self._admit_waiting()
 
     def _decide(self, q_logits, drafts, p_logits, p_hidden, q_after):
         """The rule's decision over a verified block: (n_kept (B,), next_token (B,), deferred (B, k),
@@ -326,15 +363,23 @@ def speculative_generate(
     tokens: TokenSpace,
     observer: Observer | None = None,
     phases=None,
+    slots: int | None = None,
+    on_finish: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`.
+    """Decode a batch of prompts (token id lists) with a speculative cascade under `rule`; with
+    `slots`, at most that many at once, a waiting prompt taking a finished one's row (`on_finish(n)`
+    hears of n prompts finishing).
 
     `observer(block)`, if given, sees every verified block before the rule decides (see Block); its
     optional attribute `hidden_needed` names the hidden states ("drafter", "target") it wants.
     """
     decoder = SpeculativeDecoder(
-        drafter, target, rule, prompts, cfg, tokens, observer=observer, phases=phases
+        drafter, target, rule, prompts, cfg, tokens, observer=observer, phases=phases, slots=slots
     )
+    done = decoder.finished
     while decoder.active:
         decoder.step()
+        if on_finish is not None and decoder.finished > done:
+            on_finish(decoder.finished - done)
+        done = decoder.finished
     return decoder.state.results()

@@ -174,18 +174,45 @@ class StaticLM:
         self._valid, self._positions = self._valid[keep], self._positions[keep]
         self.rows = torch.arange(len(keep), device=self.device)
 
+    def add_rows(self, m: int) -> None:
+        """Append m empty live rows: dead physical rows are reused (graphs stay valid); beyond them the
+        buffers grow by the missing rows (and captured graphs are dropped)."""
+        physical = self._valid.shape[0]
+        live = set(self.rows.tolist())
+        free = [r for r in range(physical) if r not in live][:m]
+        if len(free) < m:
+            extra = m - len(free)
+            grow = lambda t: torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])  # noqa: E731
+            self.keys, self.values = [grow(k) for k in self.keys], [grow(v) for v in self.values]
+            self._valid, self._positions = grow(self._valid), grow(self._positions)
+            free += range(physical, physical + extra)
+            self._captured.clear()
+        index = torch.tensor(free, device=self.device)
+        self._valid[index] = 0  # a reused row's old entries become holes
+        self._positions[index] = 0
+        self.rows = torch.cat([self.rows, index])
+
     # ------------------------------------------------------------------ internals
+    @property
+    def rows(self) -> torch.Tensor:
+        """(B',) the physical row of each live row, in the decode loop's row order."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: torch.Tensor) -> None:
+        self._rows = rows
+        self._identity = len(rows) == self._valid.shape[0] and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+
     def _to_physical(self, x: torch.Tensor, fill: int) -> torch.Tensor:
         """(B', ...) values of the live rows -> (Bp, ...) over every physical row (dead rows: fill)."""
-        bp = self._valid.shape[0]
-        if x.shape[0] == bp:
+        if self._identity:
             return x
-        full = torch.full((bp, *x.shape[1:]), fill, dtype=x.dtype, device=x.device)
+        full = torch.full((self._valid.shape[0], *x.shape[1:]), fill, dtype=x.dtype, device=x.device)
         full[self.rows] = x
         return full
 
     def _live(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.shape[0] == len(self.rows) else x[self.rows]
+        return x if self._identity else x[self.rows]
 
     def _compact(self) -> None:
         """Pack every row's valid columns to the left, in order, in place (graphs keep their buffers)."""

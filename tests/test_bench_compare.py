@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,16 @@ def test_bad_drafting_setting_is_one_error_line(bench, tiny_dir, task_file, caps
     rc = bench.main(["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
                      "--task", f"hf:{task_file}", "--limit", "2", "--drafting", "k=3,depth=2"])
     assert rc == 2 and "'depth=2' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_count_steps_compares_batches_with_refilled_rows(monkeypatch, tiny_dir, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import count_steps
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": p, "reference": " pass"}) + "\n" for p in PROMPTS))
+    count_steps.main(["--drafter", str(tiny_dir / "drafter"), "--target", str(tiny_dir / "target"),
+                      "--task", f"hf:{rows}", "--limit", "5", "--batch-size", "2", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    batched, refilled = (int(x) for x in re.findall(r": +(\d+) steps", out))
+    assert 0 < refilled <= batched

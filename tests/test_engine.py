@@ -174,6 +174,55 @@ def test_batches_formed_by_length_come_back_in_prompt_order(pairs, name):
     assert [(g.stats.accepted, g.stats.drafted) for g in paired] == [(g.stats.accepted, g.stats.drafted) for g in alone]
 
 
+TEXTS_5 = ["if x:", *TEXTS, "import os\nimport sys\n"]
+
+
+@pytest.mark.parametrize("engine", ["hf", "static"])
+@pytest.mark.parametrize("name", ["speculative", "token-v3", "learned", "fly"])
+def test_waiting_prompts_take_the_rows_of_finished_ones(pairs, name, engine):
+    """2 rows over 5 prompts: rows finish at different steps and a waiting prompt joins mid-decode
+    (its prefill fed while the other row feeds holes); tokens and counters equal one-by-one decoding."""
+    pair, rule = pairs["noisy"], build_rule(name)
+    alone = decode(pair, rule, texts=TEXTS_5, draft_tokens=3, engine=engine)
+    finished = []
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=3, engine=engine)
+    prompts = encode_prompts(pair, TEXTS_5)
+    gens = run(pair, rule, prompts, cfg, batch_size=2, on_batch=finished.append)
+    assert tokens(gens) == tokens(alone)
+    assert [(g.stats.target_calls, g.stats.accepted) for g in gens] == \
+        [(g.stats.target_calls, g.stats.accepted) for g in alone]
+    assert sum(finished) == 5 and all(g.stats.wall_s > 0 for g in gens)
+
+
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_one_slot_refills_an_emptied_batch(pairs, engine):
+    """With one row, every prompt joins a batch whose last row just left (caches of zero rows)."""
+    pair = pairs["noisy"]
+    prompts = encode_prompts(pair, TEXTS)
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=3, engine=engine)
+    space = TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context)
+    one_slot = speculative_generate(pair.drafter.model, pair.target.model, make_rule("token-v3", 0.5), prompts, cfg,
+                                    space, slots=1)
+    assert tokens(one_slot) == tokens(decode(pair, make_rule("token-v3", 0.5), draft_tokens=3, engine=engine))
+
+
+def test_a_decoder_with_slots_never_holds_more_rows_and_refills_mid_decode(pairs):
+    pair = pairs["noisy"]
+    prompts = encode_prompts(pair, TEXTS_5)
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=3)
+    dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, make_rule("speculative"), prompts, cfg,
+                             TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context), slots=2)
+    steps, joined_at = 0, {}
+    while dec.active:
+        dec.step()
+        steps += 1
+        assert len(dec.state.active) <= 2 and dec.t_lm.valid.shape[0] == len(dec.state.active)
+        for i in dec.state.active:
+            joined_at.setdefault(i, steps)
+    assert dec.finished == 5 and not dec.waiting
+    assert sorted(set(joined_at.values()))[-1] > 1  # someone joined after the first step
+
+
 @pytest.mark.parametrize("name", ["target", "token-v3"])
 def test_sampled_prompt_draws_alike_whatever_prompts_follow_it(pairs, name):
     """At batch size 1 prompt i samples with seed + i, so a longer prompt after it (decoded first, as
