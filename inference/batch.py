@@ -123,3 +123,42 @@ class BatchState:
             if stats.wall_s == 0.0:
                 stats.wall_s = time.perf_counter() - self.row_start[idx]
         return [Generation(tokens=t, stats=s) for t, s in zip(self.tokens, self.stats)]
+
+
+class RowQueue:
+    """Prompts waiting for a row of a batch of `slots` rows, in order. Joining costs a prefill forward
+    of each model (eager: its width varies), so prompts join a quarter of the rows at a time, or the
+    last few waiting, or whenever the batch is empty."""
+
+    def __init__(self, n_prompts: int, slots: int | None):
+        self.slots = n_prompts if slots is None else max(1, slots)
+        self.first = list(range(min(self.slots, n_prompts)))  # prompts that start as rows
+        self.waiting = list(range(len(self.first), n_prompts))
+        self.join_at = max(1, self.slots // 4)
+
+    def take(self, rows: int) -> list[int]:
+        """The prompts that join a batch of `rows` live rows now (removed from the line)."""
+        room = self.slots - rows
+        if room <= 0 or not self.waiting or (rows and room < min(self.join_at, len(self.waiting))):
+            return []
+        joining, self.waiting = self.waiting[:room], self.waiting[room:]
+        return joining
+
+
+def join_rows(lms: list, state: BatchState, prompts: list[list[int]], joining: list[int], pad_id: int,
+              device, counters: tuple[str, ...]) -> torch.Tensor:
+    """Make prompts `joining` (indices) rows of the batch: every cache adds their rows and is fed their
+    prompts but the last token in one forward, in which the rows already decoding feed padding
+    (holes). Counts that forward under `counters`. Returns the (m,) last prompt tokens."""
+    ids, valid = left_pad([prompts[i] for i in joining], pad_id, device)  # (m, T)
+    b, m, width = len(state.active), len(joining), ids.shape[1]
+    for lm in lms:
+        lm.add_rows(m)
+        if width > 1:
+            padding = torch.full((b, width - 1), pad_id, dtype=ids.dtype, device=device)
+            lm.forward(torch.cat([padding, ids[:, :-1]]), torch.cat([torch.zeros_like(padding), valid[:, :-1]]),
+                       last_only=True)
+    state.admit(joining)
+    for row in range(b, b + m):
+        state.count(row, **{name: width > 1 for name in counters})
+    return ids[:, -1]

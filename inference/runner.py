@@ -75,21 +75,26 @@ def run(
 
     Prompts are taken sorted by length, longest first: rows decoded together are left-padded to the
     longest of them, so mixing lengths would spend much of a large batch's prefill and attention on
-    padding (and the longest prompts first show a memory limit at once). A speculative cascade keeps
-    batch_size rows busy, a waiting prompt taking the row of one that finished; the target or drafter
-    alone and the sequential cascade decode batches of batch_size prompts one after another."""
+    padding (and the longest prompts first show a memory limit at once). batch_size rows are kept busy,
+    waiting prompts taking the rows of finished ones; the sequential cascade, which decodes one row at
+    a time, takes the prompts in batches of batch_size."""
     if batch_size < 1:
         raise DeferralError(f"--batch-size must be at least 1, got {batch_size}")
     tokens = token_space(pair)
     order = length_order(prompts)
     results: list[Generation | None] = [None] * len(prompts)
-    if batch_size > 1 and not rule.plain_model and not sequential:
+    if batch_size > 1 and not sequential:
         # One decode loop over every prompt with batch_size rows: a prompt takes the row of one that
-        # finished, so rows that accept more drafts (and finish sooner) do not wait for the slowest.
-        ordered = [prompts[i] for i in order]
-        generations = speculative_generate(pair.drafter.model, pair.target.model, rule, ordered,
-                                           replace(cfg, seed=cfg.seed + order[0]), tokens, slots=batch_size,
-                                           on_finish=on_batch)
+        # finished, so rows that finish sooner (more drafts accepted, an earlier EOS) do not wait for
+        # the slowest.
+        ordered, loop_cfg = [prompts[i] for i in order], replace(cfg, seed=cfg.seed + order[0])
+        if rule.plain_model:
+            generations = autoregressive_generate(getattr(pair, rule.plain_model).model, ordered, loop_cfg, tokens,
+                                                  counter=f"{rule.plain_model}_calls", slots=batch_size,
+                                                  on_finish=on_batch)
+        else:
+            generations = speculative_generate(pair.drafter.model, pair.target.model, rule, ordered, loop_cfg,
+                                               tokens, slots=batch_size, on_finish=on_batch)
         for i, generation in zip(order, generations):
             results[i] = generation
         return results

@@ -30,7 +30,7 @@ from deferral.features import Lookahead, block_lookahead, no_lookahead
 from deferral.probs import sample, sampling_probs, softmax_fp32
 from deferral.rules import DeferralRule, StepDistributions
 from inference.acceptance import accept_drafts, residual_sample
-from inference.batch import BatchState, left_pad, prefill
+from inference.batch import BatchState, RowQueue, join_rows, left_pad, prefill
 from inference.config import DecodeConfig, Generation, TokenSpace
 from inference.engines import open_lm
 from inference.graphed_rule import graphed_decision
@@ -112,10 +112,8 @@ class SpeculativeDecoder:
         self.prompts, self.observer = prompts, observer
         wanted = set(rule.hidden_needed) | set(getattr(observer, "hidden_needed", ()))
         self.drafter_hidden, self.target_hidden = "drafter" in wanted, "target" in wanted
-        self.slots = len(prompts) if slots is None else max(1, slots)
-        self.join_at = max(1, self.slots // 4)  # free rows that make waiting prompts join
-        first = list(range(min(self.slots, len(prompts))))
-        self.waiting = list(range(len(first), len(prompts)))  # prompt indices not yet rows, in order
+        self.queue = RowQueue(len(prompts), slots)
+        first = self.queue.first
         self.state = BatchState(prompts, cfg, tokens.eos_ids, tokens.max_context, first=first)
         lm_args = (tokens.vocab_size, cfg.engine, prompts[: len(first)], cfg.max_new_tokens, cfg.draft_tokens,
                    self.state)
@@ -147,26 +145,14 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def _admit_waiting(self) -> None:
-        """Give the rows of finished prompts to waiting ones: both caches add the rows and take their
-        prompts in one forward each, in which the rows already decoding feed padding (holes)."""
-        room = self.slots - len(self.state.active)
-        # Joining costs a prefill forward of both models (eager: its width varies), so prompts join a
-        # quarter of the rows at a time (or the last few waiting, or into an empty batch).
-        if room <= 0 or not self.waiting or (room < min(self.join_at, len(self.waiting)) and self.state.active):
+        """Give the rows of finished prompts to waiting ones (inference.batch.RowQueue, join_rows)."""
+        joining = self.queue.take(len(self.state.active))
+        if not joining:
             return
-        joining, self.waiting = self.waiting[:room], self.waiting[room:]
-        ids, valid = left_pad([self.prompts[i] for i in joining], self.pad_id, self.device)  # (m, T)
-        b, m, width = len(self.state.active), len(joining), ids.shape[1]
-        for lm in (self.d_lm, self.t_lm):
-            lm.add_rows(m)
-            if width > 1:  # every prompt token but the last, as prefill feeds them
-                pad_rows = torch.full((b, width - 1), self.pad_id, dtype=ids.dtype, device=self.device)
-                lm.forward(torch.cat([pad_rows, ids[:, :-1]]), torch.cat([torch.zeros_like(pad_rows), valid[:, :-1]]),
-                           last_only=True)
-        self.state.admit(joining)
-        for row in range(b, b + m):
-            self.state.count(row, drafter_calls=width > 1, target_calls=width > 1)
-        self.last = torch.cat([self.last, ids[:, -1]])
+        b, m = len(self.state.active), len(joining)
+        last = join_rows([self.d_lm, self.t_lm], self.state, self.prompts, joining, self.pad_id, self.device,
+                         counters=("drafter_calls", "target_calls"))
+        self.last = torch.cat([self.last, last])
         if self.pending is not None:
             self.pending = torch.cat([self.pending, torch.full((m,), -1, dtype=self.pending.dtype, device=self.device)])
         self._drop([r for r in range(b, b + m) if self.state.commit(r, [])])

@@ -1,22 +1,24 @@
 """A fixed-size KV cache for Llama-family models, with CUDA graphs over its forward passes.
 
-`StaticLM` has the interface of `CachedLM` (forward, rollback, select_rows, length, valid, hidden)
-and the same meaning: every row feeds the same number of tokens per call, entries a row does not
-keep stay as masked "holes", and each row's rotary position counts only its valid tokens. What
+`StaticLM` has the interface of `CachedLM` (forward, rollback, select_rows, add_rows, length, valid,
+hidden) and the same meaning: every row feeds the same number of tokens per call, entries a row does
+not keep stay as masked "holes", and each row's rotary position counts only its valid tokens. What
 differs is where the cache lives and who runs the layers:
 
 - keys and values are preallocated, (B, n_kv_heads, C, head_dim) per layer for C columns, and a
   call writes its n columns at a cursor; rolling back moves the cursor and clears validity bits,
   nothing is copied. When the cursor would pass C, every row's valid entries are packed to the left
   (holes dropped) in place;
-- the layers run from the model's own modules (norms, projections, MLP, rotary embedding), but
-  attention is one `scaled_dot_product_attention` over the whole buffer under a (B, 1, n, C) mask,
-  so a call's shapes depend on (B, n) only. On a CUDA device each (n, last_only, want_hidden) is
-  captured once as a CUDA graph and replayed: a forward then costs a few launches instead of
-  hundreds, which is what bounds a small model's decoding on a GPU;
+- the layers run from the model's own modules (norms, MLP, rotary embedding; q, k and v through one
+  matmul over their concatenated weights), and attention is two batched matmuls and a softmax over
+  the buffer under an additive (B, 1, g*n, C) mask, so a call's shapes depend on (B, n) only. On a
+  CUDA device each (n, last_only, want_hidden) is captured once as a CUDA graph and replayed: a
+  forward then costs one launch instead of hundreds, which is what bounds a small model's decoding
+  on a GPU;
 - with graphs, rows that finish stay in the buffers as dead rows (fed padding, masked): dropping
   them would change B and void every captured graph, and a launch-bound forward costs the same with
-  them. Without graphs finished rows are dropped as `CachedLM` drops them.
+  them; a prompt that joins the batch takes a dead row. Without graphs finished rows are dropped as
+  `CachedLM` drops them, and joining rows are appended.
 
 Supported: `model_type` "llama" with a rotary embedding that depends on positions only (the
 default pair and the SmolLM/Llama families); `supports_static` says so for a model.

@@ -134,6 +134,17 @@ def test_eos_stops_every_loop_alike(pairs):
         r = make_rule(rule, HAND_SET_RULES[rule].alpha_speculative if rule in HAND_SET_RULES else None)
         spec = speculative_generate(pair.drafter.model, pair.target.model, r, prompts, cfg, space({eos}))
         assert tokens(spec) == tokens(target), rule
+    # Rows that stop at EOS early hand their rows to waiting prompts: the same tokens with 2 rows at once.
+    texts = TEXTS * 2
+    prompts = encode_prompts(pair, texts)
+    alone = autoregressive_generate(pair.target.model, prompts, cfg, space({eos}), slots=1)
+    assert len({len(g.tokens) for g in alone}) > 1  # the rows do finish at different steps
+    finished = []
+    two = autoregressive_generate(pair.target.model, prompts, cfg, space({eos}), slots=2, on_finish=finished.append)
+    assert tokens(two) == tokens(alone) and sum(finished) == len(texts)
+    spec = speculative_generate(pair.drafter.model, pair.target.model, make_rule("speculative"), prompts, cfg,
+                                space({eos}), slots=2)
+    assert tokens(spec) == tokens(alone)
 
 
 RULES_FOR_BATCHING = ["target", "drafter", "speculative", *sorted(HAND_SET_RULES), "learned"]
@@ -219,7 +230,7 @@ def test_a_decoder_with_slots_never_holds_more_rows_and_refills_mid_decode(pairs
         assert len(dec.state.active) <= 2 and dec.t_lm.valid.shape[0] == len(dec.state.active)
         for i in dec.state.active:
             joined_at.setdefault(i, steps)
-    assert dec.finished == 5 and not dec.waiting
+    assert dec.finished == 5 and not dec.queue.waiting
     assert sorted(set(joined_at.values()))[-1] > 1  # someone joined after the first step
 
 
