@@ -15,8 +15,8 @@ Two savings keep the loop close to the cost of its forward passes:
   speculative decoding (π = p) does not, so the drafter skips feeding the last draft and takes it
   together with the bonus token (two tokens in one forward) at the start of the next step;
 - greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions;
-  greedy decoding under any keep-or-defer rule asks the rule for its decision only (`defers`), and
-  builds π only for the bonus token.
+  greedy decoding under any keep-or-defer rule asks the rule for its decision only (`defers`), at
+  the drafted positions and, on the drafter's argmax, at the bonus position: no π is built.
 """
 
 from __future__ import annotations
@@ -290,13 +290,21 @@ class SpeculativeDecoder:
                         q_after = self.d_lm.forward(drafts[:, -1:], last_only=True, want_hidden=self.drafter_hidden)[:, -1]
                         fed_last = True
                     q_h, p_h = self._bonus_hidden(p_hidden)
+                    # Greedy, keep-or-defer rule: the drafter's argmax is what it would draft here, and
+                    # π is one-hot on it if the rule keeps it, else on the target's argmax (as for the
+                    # drafted positions above), so the decision alone gives the bonus token.
+                    decided = rule.decides and cfg.temperature <= 0 and self.greedy_decisions
+                    q_arg = q_after.argmax(-1)  # (B,)
                     bonus_d = rule_inputs(
-                        q_after, p_logits[:, k], torch.full_like(self.last, -1), cfg,
+                        q_after, p_logits[:, k], q_arg if decided else torch.full_like(self.last, -1), cfg,
                         drafter_hidden=q_h if "drafter" in rule.hidden_needed else None,
                         target_hidden=p_h if "target" in rule.hidden_needed else None,
                         lookahead=no_lookahead(b, self.device) if rule.uses_lookahead else None,
                     )
-                    bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
+                    if decided:
+                        bonus = torch.where(self.decide(bonus_d), p_logits[:, k].argmax(-1), q_arg)
+                    else:
+                        bonus = draw(self.rule.target(bonus_d).pi, cfg, self.generator)
                 next_token = torch.where(all_kept, bonus, next_token)
         return n_kept, next_token, deferred, fed_last, q_after
 

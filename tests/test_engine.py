@@ -347,6 +347,38 @@ def test_phase_timer_splits_a_step_without_changing_the_output(tiny_pair):
 
 
 # (pair, rule, α) where the rule keeps some mismatches and defers others on these prompts
+@pytest.mark.parametrize("rule", [("token-v3", 0.9), ("kl", 1.5), ("opt", 5.0), ("learned", None)], ids=str)
+def test_greedy_bonus_token_from_the_decision_equals_the_one_drawn_from_pi(pairs, rule):
+    """Lenient rules keep whole blocks, so the bonus token after them comes from the rule's decision
+    on the drafter's argmax; it equals the argmax of the full π, step for step."""
+    pair = pairs["random"]
+    prompts = encode_prompts(pair, TEXTS)
+    cfg = DecodeConfig(max_new_tokens=24, draft_tokens=3)
+    built = build_rule("learned") if rule[0] == "learned" else make_rule(*rule)
+    if rule[0] == "learned":
+        built.threshold = 0.0  # keeps candidates the target gives >= 0%: every draft
+
+    def decode_with(greedy_decisions):
+        dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, built, prompts, cfg,
+                                 TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context),
+                                 greedy_decisions=greedy_decisions)
+        finish, bonuses = dec._finish_step, []
+
+        def counting(drafts, n_kept, *rest):  # rows that kept their whole block get a bonus token
+            bonuses.append(int((n_kept == drafts.shape[1]).sum()))
+            return finish(drafts, n_kept, *rest)
+
+        dec._finish_step = counting
+        while dec.active:
+            dec.step()
+        return dec.state.results(), sum(bonuses)
+
+    (fast, bonuses), (full, _) = decode_with(True), decode_with(False)
+    assert tokens(fast) == tokens(full)
+    assert [g.stats.as_dict() | {"wall_s": 0} for g in fast] == [g.stats.as_dict() | {"wall_s": 0} for g in full]
+    assert bonuses >= 5
+
+
 @pytest.mark.parametrize("case", [("random", "token-v1", 0.0), ("random", "diff", 0.0), ("random", "opt", 0.0),
                                   ("random", "kl", 0.33), ("random", "typical", 0.5), ("random", "token-v3", 0.67),
                                   ("noisy", "token-v3", 0.17), ("noisy", "fly", 0.0)], ids=str)
