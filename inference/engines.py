@@ -58,8 +58,9 @@ def _graphed_lm(model, vocab_size: int, batch: int, capacity: int, owner) -> Sta
     else:
         lm = StaticLM(model, vocab_size, batch, capacity, graphs=True)
         kept.append(lm)
-        if len(kept) > POOL_SIZE:
-            kept.remove(next(x for x in kept if x.owner is None or x.owner() is None))
+        free = [x for x in kept if x.owner is None or x.owner() is None]
+        if len(kept) > POOL_SIZE and free:  # while more are in use at once, the pool holds them all
+            kept.remove(free[0])
     lm.owner = weakref.ref(owner)
     return lm
 

@@ -207,3 +207,25 @@ def test_check_engines_script_compares_engines(tiny_dir, capsys):
     assert out.count("equal to the target on every engine: yes") == 4
     assert check_engines.main(args[:-2] + ["--prompt-chars", "600"]) == 2  # too long for the tiny context
     assert "error: a prompt has" in capsys.readouterr().err
+
+
+def test_graphed_caches_are_handed_to_the_next_loop_and_never_shared(tiny_pair):
+    """The pool behind the graphs engine (CPU here: the same objects, eager): a cache whose loop is
+    gone is reused, one whose loop is alive never is, and more loops than the pool size all get one."""
+    import gc
+
+    from inference.engines import POOL_SIZE, _graphed_lm
+
+    class Loop:  # stands for a decode loop's state, the owner of its caches
+        pass
+
+    model = tiny_pair.target.model
+    loops = [Loop() for _ in range(POOL_SIZE + 2)]
+    caches = [_graphed_lm(model, 200, 2, 64, loop) for loop in loops]
+    assert len({id(c) for c in caches}) == len(loops)
+    first = caches[0]
+    del loops[0], caches
+    gc.collect()
+    again = _graphed_lm(model, 200, 2, 64, Loop())
+    assert again is first and again.length == 0 and not bool(again.valid.any())
+    assert _graphed_lm(model, 200, 3, 64, Loop()) is not first  # another batch size: another cache
