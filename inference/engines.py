@@ -50,15 +50,14 @@ _pool: dict[int, list[StaticLM]] = {}
 def _graphed_lm(model, vocab_size: int, batch: int, capacity: int, owner) -> StaticLM:
     kept = _pool.setdefault(id(model), [])
     kept[:] = [lm for lm in kept if lm.model is model]  # an id reused by another model
-    for lm in kept:
-        free = lm.owner is None or lm.owner() is None
-        if free and lm.keys[0].shape[0] == batch and lm.capacity >= capacity and lm.vocab_size == vocab_size:
-            lm.reset()
-            break
+    free = [lm for lm in kept if lm.owner is None or lm.owner() is None]
+    fits = [lm for lm in free if lm.keys[0].shape[0] == batch and lm.capacity >= capacity and lm.vocab_size == vocab_size]
+    if fits:
+        lm = fits[0]
+        lm.reset()
     else:
         lm = StaticLM(model, vocab_size, batch, capacity, graphs=True)
         kept.append(lm)
-        free = [x for x in kept if x.owner is None or x.owner() is None]
         if len(kept) > POOL_SIZE and free:  # while more are in use at once, the pool holds them all
             kept.remove(free[0])
     lm.owner = weakref.ref(owner)

@@ -34,8 +34,13 @@ class StopHead:
     def keep_probability(self, q_logits: torch.Tensor) -> torch.Tensor:
         """(B, V) drafter logits at the next draft's position -> (B,) P(the target keeps that draft)."""
         x = drafter_statistics(q_logits)  # (B, F)
-        mean, scale, weight = (torch.tensor(v, device=x.device) for v in (self.mean, self.scale, self.weight))
+        mean, scale, weight = self._parameters(x.device)
         return torch.sigmoid(((x - mean) / scale) @ weight + self.bias)
+
+    @functools.lru_cache(maxsize=4)
+    def _parameters(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(F,) mean, scale and weight on `device`, built once (this runs at every drafted token)."""
+        return tuple(torch.tensor(v, device=device) for v in (self.mean, self.scale, self.weight))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"kind": "stop_head", **asdict(self)}, indent=2) + "\n")
