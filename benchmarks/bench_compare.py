@@ -10,8 +10,11 @@ task's quality.
         [--rule token-v3 --alpha 0.6 | --results runs/evaluate/humaneval/results.jsonl] \
         [--router ROUTER_DIR --deferral-rate 0.3] [--device cuda --dtype float32 --batch-size 16] [--json out.json]
 
-The prompts are split into groups of --batch-size (in task order; our loops decode a group as one
-batch). Every group is decoded by every method back to back, in an order rotated from group to group
+At --batch-size 1 each prompt is a group; at --batch-size N > 1 every prompt forms one group that our
+loops decode with N rows, a waiting prompt taking the row of a finished one (what `deferral generate
+--batch-size N` does with more prompts than rows), or, with --lockstep, groups of N prompts each decoded
+as one batch that runs until its slowest row ends. Every group is decoded by every method back to back,
+in an order rotated from group to group
 (inference/timing.py's schedule), and the whole pass is repeated --repeats times, so load drifts on a
 shared machine hit all methods alike. A method's relative speed is the median over repeats of
 (target-only seconds / its seconds, summed over the groups of that repeat); the lowest and highest
@@ -89,7 +92,7 @@ def build_methods(args, pair, target, drafter, eos):
 
         def decode(group):
             start = time.perf_counter()
-            gens = run(pair, rule, group, cfg, batch_size=len(group))  # returns after the last host sync
+            gens = run(pair, rule, group, cfg, batch_size=args.batch_size)  # returns after the last host sync
             return [g.tokens for g in gens], time.perf_counter() - start, sum(g.stats.target_calls for g in gens)
         return decode
 
@@ -117,7 +120,10 @@ def build_methods(args, pair, target, drafter, eos):
     methods = {}
     for engine in engines:  # the first engine's "target only" is every ratio's denominator
         for name, rule in rules.items():
-            methods[name if engine == engines[0] else f"{name} [{engine}]"] = ours(rule, engine)
+            lossy = not rule.lossless and not rule.plain_model
+            for bonus in args.bonus.split(",") if lossy else ["rule"]:
+                label = name + ("" if engine == engines[0] else f" [{engine}]")
+                methods[label + ("" if bonus == "rule" else f" [bonus {bonus}]")] = ours(rule, engine, bonus=bonus)
         for spec in args.drafting:  # lossless speculative decoding under other drafting settings
             name = f"speculative ({spec})" + ("" if engine == engines[0] else f" [{engine}]")
             methods[name] = ours(make_rule("speculative"), engine, **drafting_settings(spec))
@@ -146,6 +152,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together by our loops")
+    parser.add_argument("--bonus", default="rule", help="the lossy rules' --bonus (rule, target); both "
+                        "comma-separated (rule,target) give each lossy rule a row per choice")
+    parser.add_argument("--lockstep", action="store_true", help="batch size N > 1: decode groups of N prompts "
+                        "as one batch each (no refilling of finished rows)")
     parser.add_argument("--engine", default="auto", help="our loops' --engine; several comma-separated "
                         "(hf,graphs) repeat our methods under each, the first one's target being the baseline")
     parser.add_argument("--drafting", nargs="*", default=[], help="extra lossless speculative rows under other "
@@ -172,7 +182,8 @@ def compare(args) -> int:
     prompts = encode_prompts(pair, [e.prompt for e in examples], chat=task.chat)
     if not prompts:
         raise DeferralError(f"the task {args.task} gave no prompts: pass a --limit of at least 1")
-    groups = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+    size = args.batch_size if args.batch_size == 1 or args.lockstep else len(prompts)
+    groups = [prompts[i : i + size] for i in range(0, len(prompts), size)]
     methods = build_methods(args, pair, pair.target.model, pair.drafter.model, eos)
     for fn in methods.values():  # warm-up at the batch size: first calls allocate and pick kernels
         for group in (groups if pair.target.model.device.type == "cuda" else groups[:1]):
@@ -217,8 +228,10 @@ def compare(args) -> int:
             "quality": task.score(examples, replies)[task.quality_key],
             "tokens_per_target_call": tokens / target_calls[name] if target_calls[name] else None,
         })
+    lockstep = " (lockstep groups)" if args.lockstep and args.batch_size > 1 else ""
     print(f"\n{task.quality_key} on {len(prompts)} {task.name} prompts, K={args.draft_tokens}, "
-          f"max {args.max_new_tokens} new tokens, greedy, batch size {args.batch_size}, {pair.target.model.device} "
+          f"max {args.max_new_tokens} new tokens, greedy, batch size {args.batch_size}{lockstep}, "
+          f"{pair.target.model.device} "
           f"{args.dtype}; speed: median of {args.repeats} interleaved repeats [lowest-highest]\n")
     print(f"| method | relative speed | tokens/s | {task.quality_key} | greedy output = target | tokens / target call |")
     print("|---|---|---|---|---|---|")

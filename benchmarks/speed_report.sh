@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every speed figure of the README in one run, each printed under the command that produced it.
 #   bash benchmarks/speed_report.sh                 # 2 CPU cores: batch 1 side by side, phases
-#   DEVICE=cuda bash benchmarks/speed_report.sh     # a GPU: engines' greedy equality, batch 1 and 16,
+#   DEVICE=cuda bash benchmarks/speed_report.sh     # a GPU: engines' greedy equality, batch 16 and 1,
 #                                                   # phases, and with 2+ GPUs logging on 1 vs 2
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,9 +15,10 @@ if [ "${DEVICE:-cpu}" = cpu ]; then
 else
   show python check_engines.py --device "$DEVICE" --engines graphs,static,hf \
     --rules target,speculative,token-v3:0.6,kl:0.4,fly:0,learned --router "$ROUTER" --threshold "$THRESHOLD"
-  show python bench_compare.py --device "$DEVICE" --task stdlib --limit 12 --max-new-tokens 128 --repeats 2 "${RULES[@]}"
-  show python bench_compare.py --device "$DEVICE" --task stdlib --limit 32 --max-new-tokens 128 --repeats 3 \
-    --batch-size 16 "${RULES[@]}"
+  show python bench_compare.py --device "$DEVICE" --task stdlib --limit 96 --max-new-tokens 128 --repeats 3 \
+    --batch-size 16 --bonus rule,target "${RULES[@]}"
+  show python bench_compare.py --device "$DEVICE" --task stdlib --limit 8 --max-new-tokens 128 --repeats 2 \
+    --bonus rule,target "${RULES[@]}"
   show python bench_phases.py --device "$DEVICE" --prompts 12 --max-new-tokens 128 --threshold "$THRESHOLD"
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     show python bench_log_scaling.py --devices 2

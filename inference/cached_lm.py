@@ -82,10 +82,12 @@ class CachedLM:
         return (logits[:, -1:] if last_only else logits).float()
 
     @torch.inference_mode()
-    def rollback(self, fed: int, kept: torch.Tensor) -> None:
+    def rollback(self, fed: int, kept: torch.Tensor, longest: int | None = None) -> None:
         """Of the last `fed` columns fed, row i keeps its first kept[i]; the rest become holes.
 
-        kept: (B,) int64 in [0, fed]. Columns that were already holes stay holes.
+        kept: (B,) int64 in [0, fed]. Columns that were already holes stay holes. `longest`
+        (max(kept), known on the host) sets how many trailing columns to crop without reading the
+        GPU; without it the cache is cropped after the last column any row uses (one host sync).
         """
         if fed <= 0:
             return
@@ -95,8 +97,11 @@ class CachedLM:
         self.positions = self.positions - dropped.sum(-1)
         tail -= dropped
         # Drop trailing columns that no row uses (at batch size 1: every rejected column).
-        used = self.valid.any(0).nonzero()
-        length = int(used.max()) + 1 if used.numel() else 0
+        if longest is not None:
+            length = self.valid.shape[1] - fed + min(max(int(longest), 0), fed)
+        else:
+            used = self.valid.any(0).nonzero()
+            length = int(used.max()) + 1 if used.numel() else 0
         if length < self.valid.shape[1] and self.valid.shape[0] > 0:
             self._crop_to(length)
 

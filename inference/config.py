@@ -8,6 +8,8 @@ from deferral.cli_args import flag
 from deferral.errors import DeferralError
 from inference.engines import ENGINE_HELP, ENGINES
 
+BONUS_SOURCES = ("rule", "target")
+
 
 @dataclass
 class DecodeConfig:
@@ -30,6 +32,10 @@ class DecodeConfig:
               "that the block holds a rejected draft exceeds --draft-stop-risk in every row")
     draft_stop_risk: float = flag(0.5, "the stop head's risk level, in (0, 1); larger drafts longer blocks")
     engine: str = flag("auto", "how the models run: " + ENGINE_HELP)
+    bonus: str = flag(
+        "rule", "the extra token after a block whose drafts were all kept: rule = drawn from the rule's π there "
+                "(the paper; a lossy rule then needs one more drafter forward), target = the target's own token "
+                "(no extra forward; lossless speculative decoding does this either way)")
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:
@@ -44,6 +50,8 @@ class DecodeConfig:
             raise DeferralError(f"--draft-schedule must be constant or heuristic, got '{self.draft_schedule}'")
         if not 0 < self.draft_stop_risk < 1:
             raise DeferralError(f"--draft-stop-risk must be in (0, 1), got {self.draft_stop_risk}")
+        if self.bonus not in BONUS_SOURCES:
+            raise DeferralError(f"--bonus must be one of {', '.join(BONUS_SOURCES)}, got '{self.bonus}'")
         if self.engine not in ENGINES:
             raise DeferralError(f"unknown --engine '{self.engine}': choose one of {', '.join(ENGINES)}")
         if self.max_new_tokens < 1:

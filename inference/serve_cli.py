@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
 
 
 # Decoding settings of the server as a whole (a request sets its sampling and length, not these).
-SERVER_DECODE_FIELDS = ("draft_confidence", "draft_schedule", "draft_stop", "draft_stop_risk", "engine")
+SERVER_DECODE_FIELDS = ("draft_confidence", "draft_schedule", "draft_stop", "draft_stop_risk", "engine", "bonus")
 
 
 def server_decode_settings(args) -> dict:

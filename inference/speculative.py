@@ -7,12 +7,12 @@ Per step, for B rows in lockstep:
   3. build π at each drafted position with the rule;
   4. keep draft j with probability min(1, π(x_j)/q(x_j)), left to right, up to the first rejection;
   5. replace the first rejected draft by a draw from norm(max(0, π − q)), or, when all k were kept,
-     add a bonus token drawn from π at position k + 1;
+     add a bonus token drawn from π at position k + 1 (from p with `bonus="target"`);
   6. roll both caches back to the accepted prefix (rejected entries become holes or are cropped).
 
 Two savings keep the loop close to the cost of its forward passes:
 - the bonus token's π needs q at position k + 1 only when the rule reads q there. Lossless
-  speculative decoding (π = p) does not, so the drafter skips feeding the last draft and takes it
+  speculative decoding (π = p) does not, nor does any rule with the bonus from the target, so the drafter skips feeding the last draft and takes it
   together with the bonus token (two tokens in one forward) at the start of the next step;
 - greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions;
   greedy decoding under any keep-or-defer rule asks the rule for its decision only (`defers`), at
@@ -282,8 +282,11 @@ class SpeculativeDecoder:
                 at = n_kept.clamp_max(k - 1)
                 next_token = residual_sample(pi[rows, at], q_sample[rows, at], self.generator)
             all_kept = n_kept == k
-            if bool(all_kept.any()):
-                if self.lossless:  # π = p: the bonus needs no q
+            from_target = self.lossless or cfg.bonus == "target"  # the bonus needs no q
+            if from_target and cfg.temperature <= 0:  # greedy: no host sync to ask whether any row needs it
+                next_token = torch.where(all_kept, p_logits[:, k].argmax(-1), next_token)
+            elif bool(all_kept.any()):
+                if from_target:
                     bonus = draw_from_logits(p_logits[:, k], cfg, self.generator)
                 else:
                     if q_after is None:  # one more drafter forward, over the last draft
@@ -310,40 +313,39 @@ class SpeculativeDecoder:
 
     def _finish_step(self, drafts, n_kept, next_token, deferred, fed_last: bool) -> None:
         cfg, k = self.cfg, drafts.shape[1]
-        # Roll back. The target fed [last, drafts] and keeps last + the kept drafts. After its first
-        # forward (which fed committed tokens only) the drafter fed drafts[:-1], plus drafts[-1] if
-        # it computed q after it.
-        self.t_lm.rollback(k + 1, 1 + n_kept)
-        d_fed = k - 1 + int(fed_last)
-        self.d_lm.rollback(d_fed, n_kept.clamp_max(d_fed))
-        self.pending = None
-        if not fed_last:
-            lacks = n_kept == k  # rows that keep every draft, the last of which the drafter never fed
-            if bool(lacks.any()):
-                self.pending = torch.where(lacks, drafts[:, -1], -1)
-        if cfg.draft_schedule == "heuristic":  # depends on past steps only: the output law is unchanged
-            all_kept = bool((n_kept == k).all())
-            self.k_now = min(cfg.draft_tokens, self.k_now + 2) if all_kept else max(1, self.k_now - 1)
-        self._commit(drafts, n_kept, next_token, deferred, drafter_calls=k + int(fed_last))
-
-    def _commit(self, drafts, n_kept, next_token, deferred, drafter_calls: int) -> None:
-        """Append each row's kept drafts and next token; update statistics; drop finished rows."""
-        k = drafts.shape[1]
+        # The step's one host sync: per row, its kept count, next token, drafts and counters.
         at = n_kept.clamp_max(k - 1)
         examined = torch.arange(k, device=self.device)[None, :] <= at[:, None]  # up to the first rejection
-        n_deferred = (deferred & examined).sum(-1).tolist()
-        n_examined = examined.sum(-1).tolist()
-        kept = n_kept.tolist()
-        new = torch.cat([drafts, next_token[:, None]], dim=1).tolist()  # one sync for the whole batch
+        table = torch.cat([n_kept[:, None], next_token[:, None], drafts, (deferred & examined).sum(-1, keepdim=True),
+                           examined.sum(-1, keepdim=True)], dim=1).tolist()  # (B, k + 4) as lists
+        kept = [row[0] for row in table]
+        # Roll back. The target fed [last, drafts] and keeps last + the kept drafts. After its first
+        # forward (which fed committed tokens only) the drafter fed drafts[:-1], plus drafts[-1] if
+        # it computed q after it. The longest kept prefix, known here, moves each cursor.
+        self.t_lm.rollback(k + 1, 1 + n_kept, longest=1 + max(kept))
+        d_fed = k - 1 + int(fed_last)
+        self.d_lm.rollback(d_fed, n_kept.clamp_max(d_fed), longest=min(max(kept), d_fed))
+        self.pending = None
+        if not fed_last and k in kept:  # rows that keep every draft, the last of which the drafter never fed
+            self.pending = torch.where(n_kept == k, drafts[:, -1], -1)
+        if cfg.draft_schedule == "heuristic":  # depends on past steps only: the output law is unchanged
+            all_kept = min(kept) == k
+            self.k_now = min(cfg.draft_tokens, self.k_now + 2) if all_kept else max(1, self.k_now - 1)
+        self.last = next_token
+        self._commit(table, k, drafter_calls=k + int(fed_last))
+
+    def _commit(self, table: list[list[int]], k: int, drafter_calls: int) -> None:
+        """Append each row's kept drafts and next token; update statistics; drop finished rows.
+        table: per row [n_kept, next token, k drafts, deferred, examined] (_finish_step)."""
         finished = []
-        for r, n in enumerate(kept):
+        for r, row in enumerate(table):
+            n = row[0]
             self.state.count(
                 r, drafter_calls=drafter_calls, target_calls=1, drafted=k, accepted=n,
-                deferred=n_deferred[r], examined=n_examined[r],
+                deferred=row[k + 2], examined=row[k + 3],
             )
-            if self.state.commit(r, new[r][:n] + [new[r][k]]):
+            if self.state.commit(r, row[2 : 2 + n] + [row[1]]):
                 finished.append(r)
-        self.last = next_token
         self._drop(finished)
 
 

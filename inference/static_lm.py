@@ -9,8 +9,9 @@ differs is where the cache lives and who runs the layers:
   call writes its n columns at a cursor; rolling back moves the cursor and clears validity bits,
   nothing is copied. When the cursor would pass C, every row's valid entries are packed to the left
   (holes dropped) in place;
-- the layers run from the model's own modules (norms, MLP, rotary embedding; q, k and v through one
-  matmul over their concatenated weights), and attention is two batched matmuls and a softmax over
+- the layers run from the model's own weights and modules (RMS norms as one fused op, the rotary
+  embedding, the MLP's activation and down projection; q, k and v through one matmul over their
+  concatenated weights, the MLP's gate and up through another), and attention is two batched matmuls and a softmax over
   the buffer under an additive (B, 1, g*n, C) mask, so a call's shapes depend on (B, n) only. On a
   CUDA device each (n, last_only, want_hidden) is captured once as a CUDA graph and replayed: a
   forward then costs one launch instead of hundreds, which is what bounds a small model's decoding
@@ -56,19 +57,30 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _fused_qkv(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Per layer, the q, k and v projections as one weight (Hq*D + 2*Hkv*D, H) and bias (or None),
-    built once per model and shared by every cache of it."""
+def _concat(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Several nn.Linear over the same input as one weight (sum of outputs, H) and bias (or None)."""
+    weight = torch.cat([p.weight for p in linears]).detach()
+    bias = None if linears[0].bias is None else torch.cat([p.bias for p in linears]).detach()
+    return weight, bias
+
+
+def _fused_weights(model) -> list[tuple[tuple, tuple]]:
+    """Per layer, ((qkv weight, bias), (gate+up weight, bias)): the q, k and v projections as one
+    matmul, and the MLP's gate and up projections as another. Built once per model and shared by
+    every cache of it."""
     if model not in _FUSED:
-        fused = []
-        for layer in model.model.layers:
-            attn = layer.self_attn
-            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-            weight = torch.cat([p.weight for p in projections]).detach()
-            bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections]).detach()
-            fused.append((weight, bias))
-        _FUSED[model] = fused
+        _FUSED[model] = [
+            (_concat((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)),
+             _concat((layer.mlp.gate_proj, layer.mlp.up_proj)))
+            for layer in model.model.layers
+        ]
     return _FUSED[model]
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """A Llama RMSNorm module applied as one fused op where torch has one (one kernel on the GPU
+    instead of six: a small model's forward is bound by its kernel count)."""
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
 
 
 class StaticLM:
@@ -152,8 +164,10 @@ class StaticLM:
         return self._live(logits)[..., : self.vocab_size].float()
 
     @torch.inference_mode()
-    def rollback(self, fed: int, kept: torch.Tensor) -> None:
-        """Of the last `fed` columns fed, live row i keeps its first kept[i]; the rest become holes."""
+    def rollback(self, fed: int, kept: torch.Tensor, longest: int | None = None) -> None:
+        """Of the last `fed` columns fed, live row i keeps its first kept[i]; the rest become holes.
+        `longest` (max(kept), known on the host) moves the cursor back without reading the GPU;
+        without it the cursor goes back to the last column any row uses (one host sync)."""
         if fed <= 0:
             return
         kept = self._to_physical(kept, 0)  # dead rows fed nothing valid: nothing to drop
@@ -162,6 +176,9 @@ class StaticLM:
         dropped = tail * (offsets >= kept[:, None]).long()  # (Bp, fed)
         self._positions -= dropped.sum(-1)
         tail -= dropped
+        if longest is not None:  # columns past it were just dropped by every row
+            self.length -= fed - min(max(int(longest), 0), fed)
+            return
         used = self._valid[:, : self.length].any(0).nonzero()
         self.length = int(used.max()) + 1 if used.numel() else 0  # trailing unused columns: the cursor moves back
 
@@ -245,9 +262,10 @@ class StaticLM:
         Returns logits (Bp, n or 1, V) and, with want_hidden, normed hidden states (Bp, n, H).
 
         Written for few kernels, since a small model's step is bound by their number: one matmul
-        for q, k and v (weights concatenated once), one rotary pass over q and k together, and
-        attention as two batched matmuls and a softmax under an additive mask built once per call
-        (a masked fused-attention kernel costs more than all three at these sizes)."""
+        for q, k and v and one for the MLP's gate and up (weights concatenated once), fused RMS
+        norms, one rotary pass over q and k together, and attention as two batched matmuls and a
+        softmax under an additive mask built once per call (a masked fused-attention kernel costs
+        more than all three at these sizes)."""
         inner = self.model.model
         b, n = tokens.shape
         hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
@@ -264,9 +282,11 @@ class StaticLM:
         bias = bias[:, None, None].expand(b, 1, groups, n, width).reshape(b, 1, groups * n, width)  # (Bp, 1, g*n, W)
         cos, sin = inner.rotary_emb(h, position_ids=position_ids)  # (Bp, n, D) each
         cos, sin = cos[:, :, None], sin[:, :, None]  # (Bp, n, 1, D): broadcast over heads
-        for layer, (w_qkv, b_qkv), k_buf, v_buf in zip(self.layers, _fused_qkv(self.model), self.keys, self.values):
-            attn = layer.self_attn
-            qkv = F.linear(layer.input_layernorm(h), w_qkv, b_qkv).view(b, n, hq + 2 * hkv, d)
+        for layer, ((w_qkv, b_qkv), (w_gate_up, b_gate_up)), k_buf, v_buf in zip(
+            self.layers, _fused_weights(self.model), self.keys, self.values
+        ):
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = F.linear(_rms_norm(layer.input_layernorm, h), w_qkv, b_qkv).view(b, n, hq + 2 * hkv, d)
             qk = qkv[:, :, : hq + hkv]
             qk = qk * cos + _rotate_half(qk) * sin  # (Bp, n, Hq + Hkv, D)
             q = qk[:, :, :hq].transpose(1, 2)  # (Bp, Hq, n, D)
@@ -279,8 +299,9 @@ class StaticLM:
             o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v_buf[:, :, :width])
             o = o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
             h = h + attn.o_proj(o)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = inner.norm(h)
+            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, h), w_gate_up, b_gate_up).chunk(2, dim=-1)
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)  # (Bp, n, H)
+        h = _rms_norm(inner.norm, h)
         logits = self.model.lm_head(h[:, -1:] if last_only else h)
         return logits, (h if want_hidden else None)
 

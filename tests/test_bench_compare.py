@@ -41,8 +41,10 @@ def compare(bench, tiny_dir, task_file, tmp_path, *extra):
     return {row["method"]: row for row in json.loads(out.read_text())}
 
 
-def test_batched_groups_decode_every_prompt_and_keep_lossless_equality(bench, tiny_dir, task_file, tmp_path):
-    rows = compare(bench, tiny_dir, task_file, tmp_path, "--batch-size", "2")  # groups of 2, 2 and 1
+@pytest.mark.parametrize("mode", [[], ["--lockstep"]], ids=["stream", "lockstep"])
+def test_batched_groups_decode_every_prompt_and_keep_lossless_equality(bench, tiny_dir, task_file, tmp_path, mode):
+    # stream: one loop of 2 rows over the 5 prompts; lockstep: groups of 2, 2 and 1
+    rows = compare(bench, tiny_dir, task_file, tmp_path, "--batch-size", "2", *mode)
     # transformers' generate and assisted generation decode one prompt at a time: left out when batched
     assert set(rows) == {"target only", "drafter only", "speculative (ours)", "chow α=0.5 (best hand-set)"}
     assert rows["speculative (ours)"]["greedy_equal_to_target"] == "5/5"
@@ -61,6 +63,17 @@ def test_bad_batch_size_is_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--batch-size", "0"])
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_bonus_sources_give_each_lossy_rule_a_row(bench, tiny_dir, task_file, tmp_path):
+    rows = compare(bench, tiny_dir, task_file, tmp_path, "--no-transformers", "--bonus", "rule,target",
+                   "--rule", "chow", "--alpha", "1.0")  # keeps every draft: every block ends in a bonus token
+    assert set(rows) == {"target only", "drafter only", "speculative (ours)", "chow α=1 (best hand-set)",
+                         "chow α=1 (best hand-set) [bonus target]"}
+    # both keep every draft and add a bonus token: the same tokens per target call (the tokens
+    # themselves are tested in tests/test_engine.py)
+    per_call = [rows[f"chow α=1 (best hand-set){s}"]["tokens_per_target_call"] for s in ("", " [bonus target]")]
+    assert per_call[0] == per_call[1] > 1
 
 
 def test_engines_and_drafting_settings_add_rows(bench, tiny_dir, task_file, tmp_path):

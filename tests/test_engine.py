@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from deferral.errors import DeferralError
 from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, Learned, make_rule
 from inference.autoregressive import autoregressive_generate
@@ -108,6 +109,42 @@ def test_drafter_only_equals_drafters_greedy_output(pairs, tiny_dir):
         gens = decode(pair, cls(cls.alpha_drafter, **getattr(cls, "drafter_end_settings", {})), draft_tokens=3)
         assert tokens(gens) == expected, rule
         assert acceptance(gens) == 1.0
+
+
+def blocks_then_target_token(pair, prompt: list[int], k: int, n: int) -> list[int]:
+    """Reference for a rule that keeps every draft with the bonus token from the target: k greedy
+    drafter tokens, then the target's greedy token, repeated (plain forwards, no cache)."""
+    ids, out = list(prompt), []
+    while len(out) < n:
+        for model in [pair.drafter.model] * k + [pair.target.model]:
+            token = int(model(torch.tensor([ids])).logits[0, -1, : pair.vocab_size].argmax())
+            ids.append(token)
+            out.append(token)
+    return out[:n]
+
+
+@pytest.mark.parametrize("engine", ["hf", "static"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_bonus_from_the_target_follows_a_fully_kept_block(pairs, engine, batch_size):
+    pair, k, n = pairs["random"], 3, 14
+    keep_all = make_rule("chow", 1.0)  # π = q: every draft kept, so every block ends in a bonus token
+    with torch.inference_mode():
+        expected = [blocks_then_target_token(pair, p, k, n) for p in encode_prompts(pair, TEXTS)]
+    gens = decode(pair, keep_all, draft_tokens=k, max_new_tokens=n, stop_at_eos=False, bonus="target",
+                  engine=engine, batch_size=batch_size)
+    assert tokens(gens) == expected
+    for g in gens:  # beside the prefill forwards (as many for both models), k drafter forwards per block, none more
+        steps = g.stats.drafted // k
+        assert g.stats.drafter_calls - k * steps == g.stats.target_calls - steps
+    # with the bonus from the rule's π (= q here) the drafter alone is reproduced instead
+    drafter_alone = tokens(decode(pair, make_rule("drafter"), max_new_tokens=n, stop_at_eos=False))
+    assert tokens(decode(pair, keep_all, draft_tokens=k, max_new_tokens=n, stop_at_eos=False, engine=engine,
+                         batch_size=batch_size)) == drafter_alone != expected
+
+
+def test_bad_bonus_source_is_refused():
+    with pytest.raises(DeferralError, match="--bonus must be one of rule, target"):
+        DecodeConfig(bonus="drafter")
 
 
 @pytest.mark.parametrize("rule", sorted(HAND_SET_RULES))
