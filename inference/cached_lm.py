@@ -14,6 +14,12 @@ import inspect
 import torch
 
 
+def valid_columns_first(valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) validity -> (B, L) column order that puts each row's valid columns first, in their order
+    (packing a cache's rows to the left: gather its columns in this order)."""
+    return torch.argsort(1 - valid, dim=-1, stable=True)
+
+
 def _cache_kwarg(model) -> str:
     """transformers 5.24 renamed `past_key_values` to `cache`; support both."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -123,13 +129,34 @@ class CachedLM:
 
     def add_rows(self, m: int) -> None:
         """Append m empty rows (prompts joining the batch; their prefill follows as a forward in which
-        the other rows feed padding)."""
+        the other rows feed padding). A cache holding more than twice the columns its fullest row
+        uses is packed first, so a long stream of joining prompts keeps it bounded."""
+        self.compact(slack=2.0)
         for layer in self.cache.layers:
             if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:  # also when every row had left
                 layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((m, *layer.keys.shape[1:]))])
                 layer.values = torch.cat([layer.values, layer.values.new_zeros((m, *layer.values.shape[1:]))])
         self.valid = torch.cat([self.valid, self.valid.new_zeros((m, self.valid.shape[1]))])
         self.positions = torch.cat([self.positions, self.positions.new_zeros(m)])
+
+    def reserve(self, columns: int) -> None:
+        """Nothing to do: this cache grows as it is fed (StaticLM needs this before a decode step)."""
+
+    def compact(self, slack: float = 1.0) -> None:
+        """Pack each row's valid entries to the left, in order, and drop the columns no row then uses,
+        if the cache holds more than `slack` times the columns its fullest row needs (one host sync).
+        Keys are stored after their rotary embedding, so moving them changes no position."""
+        if not self.valid.numel():
+            return
+        width = int(self.valid.sum(-1).max())
+        if self.valid.shape[1] <= slack * width:
+            return
+        order = valid_columns_first(self.valid)[:, :width]  # (B, W)
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+                layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+        self.valid = self.valid.gather(-1, order)
 
     @property
     def length(self) -> int:

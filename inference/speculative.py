@@ -229,6 +229,11 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def step(self) -> None:
+        # Every column this step may feed, reserved up front: a cache packed between two of the
+        # step's forwards would move the columns its roll-back reads as the step's last ones.
+        k = min(self.k_now, self.state.draft_room())
+        self.d_lm.reserve(k + 2)  # [pending, last], the drafts, the last draft for the bonus q
+        self.t_lm.reserve(k + 1)  # [last, drafts]
         with self.phases("draft"):
             q_logits, drafts, q_after = self._draft()  # q_after set: the drafter has fed drafts[:, -1]
 

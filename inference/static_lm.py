@@ -33,6 +33,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from inference.cached_lm import valid_columns_first
+
 STATIC_MODEL_TYPES = ("llama",)
 GRAPH_MAX_TOKENS = 16  # calls feeding more tokens (prefill, a sequential cascade's catch-up) run eagerly
 
@@ -144,10 +146,7 @@ class StaticLM:
         n = tokens.shape[1]
         if valid is None:
             valid = torch.ones_like(tokens)
-        if self.length + n > self.capacity:
-            self._compact()
-            if self.length + n > self.capacity:
-                self._grow(self.length + n)
+        self.reserve(n)
         tokens, valid = self._to_physical(tokens, 0), self._to_physical(valid, 0)
         end = self.length + n
         self._valid[:, self.length : end] = valid
@@ -162,6 +161,15 @@ class StaticLM:
         self.calls += 1
         self.hidden = self._live(hidden) if want_hidden else None
         return self._live(logits)[..., : self.vocab_size].float()
+
+    def reserve(self, columns: int) -> None:
+        """Make room for `columns` more columns before a decode step's forwards: packing the rows (or
+        growing) inside a step would move the columns its earlier forwards wrote, which the step's
+        roll-back then reads as its last `fed` columns."""
+        if self.length + columns > self.capacity:
+            self._compact()
+            if self.length + columns > self.capacity:
+                self._grow(self.length + columns)
 
     @torch.inference_mode()
     def rollback(self, fed: int, kept: torch.Tensor, longest: int | None = None) -> None:
@@ -237,7 +245,7 @@ class StaticLM:
         """Pack every row's valid columns to the left, in order, in place (graphs keep their buffers)."""
         width = self.length
         valid = self._valid[:, :width]
-        order = torch.argsort(1 - valid, dim=-1, stable=True)  # (Bp, L) valid columns first
+        order = valid_columns_first(valid)  # (Bp, L)
         index = order[:, None, :, None].expand(-1, self.n_kv, -1, self.head_dim)
         for buffers in (self.keys, self.values):
             for buf in buffers:

@@ -271,6 +271,26 @@ def test_a_decoder_with_slots_never_holds_more_rows_and_refills_mid_decode(pairs
     assert sorted(set(joined_at.values()))[-1] > 1  # someone joined after the first step
 
 
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_a_long_stream_of_joining_prompts_keeps_the_caches_bounded(pairs, engine):
+    """12 prompts through 2 rows: every join leaves the other row's holes behind; the caches are
+    packed so their width stays within a few rows' worth, and the tokens equal one-by-one decoding."""
+    pair, k, new_tokens = pairs["noisy"], 3, 24
+    texts = TEXTS_5 * 2 + TEXTS_5[:2]
+    prompts = encode_prompts(pair, texts)
+    cfg = DecodeConfig(max_new_tokens=new_tokens, draft_tokens=k, engine=engine)
+    dec = SpeculativeDecoder(pair.drafter.model, pair.target.model, make_rule("token-v3", 0.5), prompts, cfg,
+                             TokenSpace(pair.vocab_size, frozenset(), 0, pair.max_context), slots=2)
+    widest = 0
+    while dec.active:
+        dec.step()
+        widest = max(widest, dec.t_lm.length, dec.d_lm.length)
+    fullest_row = max(len(p) for p in prompts) + new_tokens + k + 2
+    assert widest <= 3 * fullest_row
+    alone = decode(pair, make_rule("token-v3", 0.5), texts=texts, draft_tokens=k, engine=engine, stop_at_eos=False)
+    assert tokens(dec.state.results()) == tokens(alone)
+
+
 @pytest.mark.parametrize("name", ["target", "token-v3"])
 def test_sampled_prompt_draws_alike_whatever_prompts_follow_it(pairs, name):
     """At batch size 1 prompt i samples with seed + i, so a longer prompt after it (decoded first, as
