@@ -10,7 +10,8 @@ THRESHOLD=$(python -c "from inference.learned import export_default_threshold as
 RULES=(--rule token-v3 --alpha 0.6 --router "$ROUTER" --threshold "$THRESHOLD")
 show() { echo; echo "\$ $*"; "$@"; }
 if [ "${DEVICE:-cpu}" = cpu ]; then
-  show taskset -c 0,1 python bench_compare.py --task stdlib --limit 8 --max-new-tokens 64 "${RULES[@]}" --repeats 3 --threads 2
+  show taskset -c 0,1 python bench_compare.py --task stdlib --limit 8 --max-new-tokens 64 "${RULES[@]}" --repeats 3 --threads 2 \
+    --bonus rule,target
   show taskset -c 0,1 python bench_phases.py --threshold "$THRESHOLD"
 else
   show python check_engines.py --device "$DEVICE" --engines graphs,static,hf \

@@ -148,16 +148,15 @@ class RowQueue:
 def join_rows(lms: list, state: BatchState, prompts: list[list[int]], joining: list[int], pad_id: int,
               device, counters: tuple[str, ...]) -> torch.Tensor:
     """Make prompts `joining` (indices) rows of the batch: every cache adds their rows and is fed their
-    prompts but the last token in one forward, in which the rows already decoding feed padding
-    (holes). Counts that forward under `counters`. Returns the (m,) last prompt tokens."""
+    prompts but the last token in one forward (`join`; the rows already decoding see holes there).
+    Counts that forward under `counters`. Returns the (m,) last prompt tokens."""
     ids, valid = left_pad([prompts[i] for i in joining], pad_id, device)  # (m, T)
     b, m, width = len(state.active), len(joining), ids.shape[1]
     for lm in lms:
-        lm.add_rows(m)
         if width > 1:
-            padding = torch.full((b, width - 1), pad_id, dtype=ids.dtype, device=device)
-            lm.forward(torch.cat([padding, ids[:, :-1]]), torch.cat([torch.zeros_like(padding), valid[:, :-1]]),
-                       last_only=True)
+            lm.join(ids[:, :-1], valid[:, :-1])
+        else:
+            lm.add_rows(m)
     state.admit(joining)
     for row in range(b, b + m):
         state.count(row, **{name: width > 1 for name in counters})

@@ -20,6 +20,15 @@ def valid_columns_first(valid: torch.Tensor) -> torch.Tensor:
     return torch.argsort(1 - valid, dim=-1, stable=True)
 
 
+def _splice(present: torch.Tensor, joining: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, H, L, D) entries of the present rows and (m, H, w, D) of joining rows -> (B + m, H, L + w, D):
+    the present rows get w hole columns after theirs, the joining rows L before theirs."""
+    b, m, w = present.shape[0], joining.shape[0], joining.shape[2]
+    present = torch.cat([present[:, :, :length], present.new_zeros((b, *present.shape[1:2], w, present.shape[3]))], 2)
+    joining = torch.cat([joining.new_zeros((m, *joining.shape[1:2], length, joining.shape[3])), joining], 2)
+    return torch.cat([present, joining])
+
+
 def _cache_kwarg(model) -> str:
     """transformers 5.24 renamed `past_key_values` to `cache`; support both."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -138,6 +147,30 @@ class CachedLM:
                 layer.values = torch.cat([layer.values, layer.values.new_zeros((m, *layer.values.shape[1:]))])
         self.valid = torch.cat([self.valid, self.valid.new_zeros((m, self.valid.shape[1]))])
         self.positions = torch.cat([self.positions, self.positions.new_zeros(m)])
+
+    @torch.inference_mode()
+    def join(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Append m rows fed `tokens` (m, w) (`valid` marks their left padding): a forward over the
+        joining rows alone, whose cache is spliced in after the present columns (the present rows see
+        holes there, the joining rows holes before). Feeding every row, the others padding, would cost
+        B + m rows of prefill where m are needed, which on a CPU is most of a join's time."""
+        self.compact(slack=2.0)
+        fresh = CachedLM(self.model, self.vocab_size)
+        fresh.forward(tokens, valid, last_only=True)
+        b, length, (m, w) = self.valid.shape[0], self.length, tokens.shape
+        mine = [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4]
+        if mine:
+            for layer, new in zip(self.cache.layers, fresh.cache.layers):
+                layer.keys, layer.values = (_splice(old, added, length) for old, added in
+                                            ((layer.keys, new.keys), (layer.values, new.values)))
+        else:  # nothing fed yet: the joining rows' cache, behind b rows of holes
+            for layer in fresh.cache.layers:
+                layer.keys, layer.values = (torch.cat([t.new_zeros((b, *t.shape[1:])), t]) for t in (layer.keys, layer.values))
+            self.cache = fresh.cache
+        zeros = self.valid.new_zeros
+        self.valid = torch.cat([torch.cat([self.valid, zeros((b, w))], 1), torch.cat([zeros((m, length)), fresh.valid], 1)])
+        self.positions = torch.cat([self.positions, fresh.positions])
+        self.calls += 1
 
     def reserve(self, columns: int) -> None:
         """Nothing to do: this cache grows as it is fed (StaticLM needs this before a decode step)."""

@@ -8,7 +8,8 @@ differs is where the cache lives and who runs the layers:
 - keys and values are preallocated, (B, n_kv_heads, C, head_dim) per layer for C columns, and a
   call writes its n columns at a cursor; rolling back moves the cursor and clears validity bits,
   nothing is copied. When the cursor would pass C, every row's valid entries are packed to the left
-  (holes dropped) in place;
+  (holes dropped) in place, only between decode steps (`reserve`): a step's roll-back reads the
+  columns its forwards wrote as the last ones;
 - the layers run from the model's own weights and modules (RMS norms as one fused op, the rotary
   embedding, the MLP's activation and down projection; q, k and v through one matmul over their
   concatenated weights, the MLP's gate and up through another), and attention is two batched matmuls and a softmax over
@@ -218,6 +219,14 @@ class StaticLM:
         self._valid[index] = 0  # a reused row's old entries become holes
         self._positions[index] = 0
         self.rows = torch.cat([self.rows, index])
+
+    def join(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Append m rows fed `tokens` (m, w) (`valid` marks their left padding), in one forward in
+        which the present rows feed holes: with graphs every physical row runs anyway."""
+        b = len(self.rows)
+        self.add_rows(tokens.shape[0])
+        padding = tokens.new_zeros((b, tokens.shape[1]))
+        self.forward(torch.cat([padding, tokens]), torch.cat([padding, valid]), last_only=True)
 
     # ------------------------------------------------------------------ internals
     @property

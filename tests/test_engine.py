@@ -271,6 +271,24 @@ def test_a_decoder_with_slots_never_holds_more_rows_and_refills_mid_decode(pairs
     assert sorted(set(joined_at.values()))[-1] > 1  # someone joined after the first step
 
 
+def test_a_joining_prompt_is_prefilled_alone_in_the_hf_cache(pairs):
+    """The rows already decoding would only feed holes: the join's forward runs the joining row alone."""
+    pair = pairs["noisy"]
+    prompts = encode_prompts(pair, TEXTS_5)
+    seen = []
+    hook = pair.target.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape),
+                                                   with_kwargs=True)
+    try:
+        gens = run(pair, make_rule("speculative"), prompts, DecodeConfig(max_new_tokens=24, draft_tokens=3, engine="hf"),
+                   batch_size=2)
+    finally:
+        hook.remove()
+    prefills = [shape for shape in seen if shape[1] > 4]  # wider than a verify pass [last, 3 drafts]
+    assert prefills[0][0] == 2 and len(prefills) > 1  # the first two prompts together, then joins
+    assert all(rows == 1 for rows, _ in prefills[1:])  # 2 slots: one prompt joins at a time
+    assert tokens(gens) == tokens(decode(pair, make_rule("speculative"), texts=TEXTS_5, draft_tokens=3))
+
+
 @pytest.mark.parametrize("engine", ["hf", "static"])
 def test_a_long_stream_of_joining_prompts_keeps_the_caches_bounded(pairs, engine):
     """12 prompts through 2 rows: every join leaves the other row's holes behind; the caches are

@@ -119,6 +119,12 @@ def test_server_wide_engine_and_drafting_flags_reach_the_decoder(pair, client):
     assert out.choices[0].text == reference(pair, ids)
     usage = out.usage.model_dump()
     assert usage["drafted"] / usage["target_calls"] < plain["drafted"] / plain["target_calls"]
+    # --bonus target: a lossy request's token after a fully kept block comes from the target
+    lenient = {"cascade": {"rule": "token-v3", "alpha": 0.9}}
+    with serving(pair, "--max-new-tokens", str(MAX_NEW), "--bonus", "target") as url:
+        api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        out = api.completions.create(model="m", prompt="def f(x):", max_tokens=MAX_NEW, extra_body=lenient)
+    assert out.choices[0].text == reference(pair, ids, "token-v3", 0.9, bonus="target")
 
 
 def test_streaming_sends_blocks_then_usage(pair, client):
