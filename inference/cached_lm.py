@@ -120,31 +120,33 @@ class CachedLM:
         if length < self.valid.shape[1] and self.valid.shape[0] > 0:
             self._crop_to(length)
 
+    def _filled_layers(self) -> list:
+        """The cache's layers that hold (B, H, L, D) keys and values (none before the first forward;
+        they stay 4-D when every row has left)."""
+        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4]
+
     def _crop_to(self, length: int) -> None:
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys[..., :length, :]
-                layer.values = layer.values[..., :length, :]
+        for layer in self._filled_layers():
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
         self.valid = self.valid[:, :length]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (finished rows leave the batch). rows: (B',) int64."""
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys[rows]
-                layer.values = layer.values[rows]
+        for layer in self._filled_layers():
+            layer.keys = layer.keys[rows]
+            layer.values = layer.values[rows]
         self.valid = self.valid[rows]
         self.positions = self.positions[rows]
 
     def add_rows(self, m: int) -> None:
-        """Append m empty rows (prompts joining the batch; their prefill follows as a forward in which
-        the other rows feed padding). A cache holding more than twice the columns its fullest row
-        uses is packed first, so a long stream of joining prompts keeps it bounded."""
+        """Append m empty rows (joining prompts of one token, which need no prefill; longer ones
+        `join`). A cache holding more than twice the columns its fullest row uses is packed first,
+        so a long stream of joining prompts keeps it bounded."""
         self.compact(slack=2.0)
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:  # also when every row had left
-                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((m, *layer.keys.shape[1:]))])
-                layer.values = torch.cat([layer.values, layer.values.new_zeros((m, *layer.values.shape[1:]))])
+        for layer in self._filled_layers():
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((m, *layer.keys.shape[1:]))])
+            layer.values = torch.cat([layer.values, layer.values.new_zeros((m, *layer.values.shape[1:]))])
         self.valid = torch.cat([self.valid, self.valid.new_zeros((m, self.valid.shape[1]))])
         self.positions = torch.cat([self.positions, self.positions.new_zeros(m)])
 
@@ -158,8 +160,7 @@ class CachedLM:
         fresh = CachedLM(self.model, self.vocab_size)
         fresh.forward(tokens, valid, last_only=True)
         b, length, (m, w) = self.valid.shape[0], self.length, tokens.shape
-        mine = [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4]
-        if mine:
+        if self._filled_layers():
             for layer, new in zip(self.cache.layers, fresh.cache.layers):
                 layer.keys, layer.values = (_splice(old, added, length) for old, added in
                                             ((layer.keys, new.keys), (layer.values, new.values)))
@@ -185,10 +186,9 @@ class CachedLM:
         if self.valid.shape[1] <= slack * width:
             return
         order = valid_columns_first(self.valid)[:, :width]  # (B, W)
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-                layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+        for layer in self._filled_layers():
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
         self.valid = self.valid.gather(-1, order)
 
     @property

@@ -12,8 +12,9 @@ Per step, for B rows in lockstep:
 
 Two savings keep the loop close to the cost of its forward passes:
 - the bonus token's π needs q at position k + 1 only when the rule reads q there. Lossless
-  speculative decoding (π = p) does not, nor does any rule with the bonus from the target, so the drafter skips feeding the last draft and takes it
-  together with the bonus token (two tokens in one forward) at the start of the next step;
+  speculative decoding (π = p) does not, nor does any rule with the bonus from the target, so the
+  drafter skips feeding the last draft and takes it together with the bonus token (two tokens in
+  one forward) at the start of the next step;
 - greedy lossless speculative decoding compares argmaxes instead of building (k, V) distributions;
   greedy decoding under any keep-or-defer rule asks the rule for its decision only (`defers`), at
   the drafted positions and, on the drafter's argmax, at the bonus position: no π is built.
@@ -173,8 +174,8 @@ class SpeculativeDecoder:
         valid = torch.stack([has.long(), torch.ones_like(self.last)], dim=1)
         return tokens, valid
 
-    def _draft(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Draft up to K tokens: q_logits (B, k, V), drafts (B, k), and q at position k + 1 when
+    def _draft(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Draft up to k tokens: q_logits (B, k, V), drafts (B, k), and q at position k + 1 when
         adaptive drafting stopped early (the drafter has then already fed every draft). With drafter
         hidden states wanted, self.q_hidden holds (B, k, H), plus (B, 1, H) in self.q_hidden_after."""
         cfg = self.cfg
@@ -182,7 +183,7 @@ class SpeculativeDecoder:
         q_steps, drafts, hidden = [], [], []
         self.q_hidden = self.q_hidden_after = None
         self._block_survives = None  # (B,) stop head: P(every draft so far is kept)
-        for j in range(min(self.k_now, self.state.draft_room())):  # K capped by the context left
+        for j in range(k):
             logits = self.d_lm.forward(tokens, valid, last_only=True, want_hidden=self.drafter_hidden)[:, -1]  # (B, V)
             if self._stop_before(j, logits):
                 self._keep_drafter_hidden(hidden, after=True)
@@ -231,11 +232,11 @@ class SpeculativeDecoder:
     def step(self) -> None:
         # Every column this step may feed, reserved up front: a cache packed between two of the
         # step's forwards would move the columns its roll-back reads as the step's last ones.
-        k = min(self.k_now, self.state.draft_room())
+        k = min(self.k_now, self.state.draft_room())  # K capped by the context left
         self.d_lm.reserve(k + 2)  # [pending, last], the drafts, the last draft for the bonus q
         self.t_lm.reserve(k + 1)  # [last, drafts]
         with self.phases("draft"):
-            q_logits, drafts, q_after = self._draft()  # q_after set: the drafter has fed drafts[:, -1]
+            q_logits, drafts, q_after = self._draft(k)  # q_after set: the drafter has fed drafts[:, -1]
 
         # Score the block with the target: p_logits (B, k + 1, V) (and its hidden states (B, k + 1, H)).
         with self.phases("verify"):

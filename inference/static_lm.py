@@ -12,8 +12,8 @@ differs is where the cache lives and who runs the layers:
   columns its forwards wrote as the last ones;
 - the layers run from the model's own weights and modules (RMS norms as one fused op, the rotary
   embedding, the MLP's activation and down projection; q, k and v through one matmul over their
-  concatenated weights, the MLP's gate and up through another), and attention is two batched matmuls and a softmax over
-  the buffer under an additive (B, 1, g*n, C) mask, so a call's shapes depend on (B, n) only. On a
+  concatenated weights, the MLP's gate and up through another), and attention is two batched
+  matmuls and a softmax over the buffer under an additive (B, 1, g*n, C) mask, so a call's shapes depend on (B, n) only. On a
   CUDA device each (n, last_only, want_hidden) is captured once as a CUDA graph and replayed: a
   forward then costs one launch instead of hundreds, which is what bounds a small model's decoding
   on a GPU;
