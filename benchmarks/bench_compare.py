@@ -37,7 +37,7 @@ from bench_speculative import hf_generate
 from deferral.errors import DeferralError, exit_code_of
 from deferral.pair import load_pair
 from deferral.rules import HAND_SET_RULES, make_rule
-from inference.config import DecodeConfig
+from inference.config import BONUS_SOURCES, DecodeConfig
 from inference.metrics import matches
 from inference.runner import encode_prompts, eos_token_ids, run
 from inference.tasks import make_task
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not set(args.bonus.split(",")) <= set(BONUS_SOURCES):
+        parser.error(f"--bonus takes {' or '.join(BONUS_SOURCES)}, comma-separated; got '{args.bonus}'")
     if args.threads:
         torch.set_num_threads(args.threads)
     return exit_code_of(lambda: compare(args))

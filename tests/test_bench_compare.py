@@ -59,6 +59,12 @@ def test_batch_size_one_adds_transformers_generate_and_assisted(bench, tiny_dir,
         assert rows[name]["greedy_equal_to_target"] == "5/5", name
 
 
+def test_bad_bonus_source_is_refused(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--bonus", "rule,drafter"])
+    assert "--bonus takes rule or target" in capsys.readouterr().err
+
+
 def test_bad_batch_size_is_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--batch-size", "0"])
